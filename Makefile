@@ -1,0 +1,49 @@
+# One command per job; CI (.ci/run) calls these same targets.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+TOOLS := .venv-tools
+CHECKOV_VERSION := 3.2.500
+
+.PHONY: install install-test install-tools run test lint bench clean
+
+install: $(BIN)/titanium
+
+$(BIN)/titanium: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+install-test: $(VENV)/.test-deps
+
+$(VENV)/.test-deps: $(BIN)/titanium
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+# checkov has many dependencies of its own; its own virtualenv keeps them
+# from colliding with the project's pins.
+install-tools: $(TOOLS)/bin/checkov
+
+$(TOOLS)/bin/checkov:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check checkov==$(CHECKOV_VERSION)
+
+run: install
+	$(BIN)/titanium run
+
+# pytest exits 5 when it collected nothing: that is a failure, not a pass.
+test: install-test install-tools
+	@$(BIN)/python -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; \
+	exit $$rc
+
+lint: install-test
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+bench: install-test
+	$(BIN)/python bench/http.py
+
+clean:
+	rm -rf $(VENV) $(TOOLS) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from titanium.cli import main
+
+main()

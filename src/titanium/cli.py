@@ -1,0 +1,221 @@
+"""The `titanium` command: a thin shell over the library.
+
+Commands parse arguments and print; the work lives in importable modules.
+Library errors become one-line messages and a non-zero exit code here.
+"""
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+
+from titanium.config import DataService, ServiceName, Settings, load_settings
+from titanium.errors import ConfigError, TitaniumError
+from titanium.services.registry import DISPLAY_NAMES, PORTS
+
+app = typer.Typer(
+    help="Titanium: a microservice blog platform on SQLite or PostgreSQL.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Schema migrations (Alembic), one history per data service.")
+keys_app = typer.Typer(help="Token signing keys.")
+app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
+
+T = TypeVar("T")
+
+
+class Service(str, Enum):
+    """Services `titanium serve` can start."""
+
+    gateway = "gateway"
+    auth = "auth"
+    users = "users"
+    blog = "blog"
+
+
+class DataServiceChoice(str, Enum):
+    """Services that own tables."""
+
+    users = "users"
+    blog = "blog"
+    all = "all"
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one line to stderr and exit."""
+    typer.echo(f"titanium: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def guarded(func: Callable[[], T]) -> T:
+    """Run `func`, turning Titanium errors into one-line failures."""
+    try:
+        return func()
+    except ConfigError as exc:
+        fail(f"configuration error: {exc.message}", 2)
+    except TitaniumError as exc:
+        fail(exc.message)
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from a command."""
+    return asyncio.run(coroutine)
+
+
+def _settings() -> Settings:
+    return guarded(load_settings)
+
+
+@app.command()
+def serve(
+    service: Annotated[Service, typer.Argument(help="Which service to run.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Port (default: the service's own).")] = None,
+) -> None:
+    """Run one service (the container entrypoint)."""
+    import uvicorn
+
+    from titanium.logs import configure_logging
+    from titanium.services.registry import app_factory
+
+    name: ServiceName = service.value  # type: ignore[assignment]
+    settings = _settings()
+    configure_logging(settings.log_level, DISPLAY_NAMES[name])
+    asgi = guarded(lambda: app_factory(name)(settings))
+    uvicorn.run(
+        asgi,
+        host=host,
+        port=port or PORTS[name],
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def _data_services(choice: DataServiceChoice) -> tuple[DataService, ...]:
+    from titanium.db.migrations import SERVICES
+
+    return SERVICES if choice is DataServiceChoice.all else (choice.value,)  # type: ignore[return-value]
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    service: Annotated[DataServiceChoice, typer.Option(help="Whose schema.")] = DataServiceChoice.all,
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+) -> None:
+    """Apply schema migrations (idempotent; safe to run from several processes at once)."""
+    from titanium.db.migrations import migrate
+
+    settings = _settings()
+    for name in _data_services(service):
+        reached = guarded(lambda name=name: run_async(migrate(settings, name, "upgrade", revision)))  # type: ignore[misc]
+        typer.echo(f"{name}: schema at {reached} ({settings.backend})")
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    service: Annotated[DataServiceChoice, typer.Option(help="Whose schema.")],
+    revision: Annotated[str, typer.Argument(help="Target revision, or `base` for none.")],
+) -> None:
+    """Revert schema migrations down to REVISION (destroys the data of dropped tables)."""
+    from titanium.db.migrations import migrate
+
+    settings = _settings()
+    for name in _data_services(service):
+        reached = guarded(lambda name=name: run_async(migrate(settings, name, "downgrade", revision)))  # type: ignore[misc]
+        typer.echo(f"{name}: schema at {reached or 'base'} ({settings.backend})")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the schema revision of each data service next to the code's head."""
+    from titanium.db.migrations import SERVICES, current_revision, head_revision
+
+    settings = _settings()
+    for name in SERVICES:
+        current = guarded(lambda name=name: run_async(current_revision(settings, name)))  # type: ignore[misc]
+        typer.echo(f"{name}: {current or 'base'} (head {head_revision(name)}, {settings.backend})")
+
+
+@keys_app.command("generate")
+def keys_generate(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write the PEM files.")] = Path(
+        "var/keys"
+    ),
+) -> None:
+    """Create an Ed25519 key pair for signing tokens (kept if it exists)."""
+    from titanium.security.tokens import generate_key_pair
+
+    private, public = generate_key_pair(directory)
+    typer.echo(f"private key: {private}\npublic key:  {public}")
+
+
+@app.command()
+def run(
+    gateway_port: Annotated[int, typer.Option(help="api-gateway port.")] = PORTS["gateway"],
+    users_port: Annotated[int, typer.Option(help="user-service port.")] = PORTS["users"],
+    auth_port: Annotated[int, typer.Option(help="auth-service port.")] = PORTS["auth"],
+    blog_port: Annotated[int, typer.Option(help="blog-service port.")] = PORTS["blog"],
+) -> None:
+    """Run all four services on this machine (SQLite under ./var unless USE_POSTGRES=true)."""
+    from titanium.db.migrations import SERVICES, migrate
+    from titanium.runner import Stack
+    from titanium.security.tokens import generate_key_pair
+
+    settings = _settings()
+    env = dict(os.environ)
+    if not (settings.jwt_private_key or settings.jwt_private_key_file):
+        private, public = generate_key_pair(settings.data_dir / "keys")
+        env["JWT_PRIVATE_KEY_FILE"] = str(private.resolve())
+        env["JWT_PUBLIC_KEY_FILE"] = str(public.resolve())
+    for name in SERVICES:
+        guarded(lambda name=name: run_async(migrate(settings, name)))  # type: ignore[misc]
+    where = "PostgreSQL" if settings.use_postgres else f"SQLite in {settings.data_dir}/"
+    typer.echo(f"titanium: schema at head ({where}); starting services")
+
+    ports: dict[ServiceName, int] = {
+        "gateway": gateway_port,
+        "users": users_port,
+        "auth": auth_port,
+        "blog": blog_port,
+    }
+    stack = Stack(env=env, ports=ports)
+    guarded(stack.start)
+    for name in ports:
+        typer.echo(f"  {DISPLAY_NAMES[name]:<13} {stack.url(name)}  ready")
+    typer.echo(f"\nBlog: {stack.url('gateway')}/blog/   (Ctrl-C stops everything)")
+
+    def _terminate(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        while not stack.exited():
+            time.sleep(0.5)
+        fail(f"{', '.join(DISPLAY_NAMES[s] for s in stack.exited())} stopped unexpectedly")
+    except KeyboardInterrupt:
+        typer.echo("\ntitanium: stopping", err=True)
+    finally:
+        stack.stop()
+
+
+def main() -> None:
+    """Entry point of the `titanium` command."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

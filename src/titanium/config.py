@@ -1,0 +1,126 @@
+"""All configuration, read from the environment in one place.
+
+Variable names follow the seed document and its ConfigMap (`USE_POSTGRES`,
+`POSTGRES_*`); see docs/configuration.md for the full table.
+"""
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL
+
+from titanium.errors import ConfigError
+
+ServiceName = Literal["gateway", "auth", "users", "blog"]
+DataService = Literal["users", "blog"]
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off", ""}
+
+
+def _strict_bool(value: object) -> object:
+    # A typo such as USE_POSTGRES=ture must not silently fall back to SQLite.
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+StrictBool = Annotated[bool, BeforeValidator(_strict_bool)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Settings(BaseSettings):
+    """Typed settings of every Titanium process; each service uses the part it needs."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    use_postgres: StrictBool = False
+    postgres_host: str = "postgresql-service"
+    postgres_port: Port = 5432
+    postgres_db: str = "titanium"
+    postgres_user: str | None = None
+    postgres_password: SecretStr | None = None
+
+    database_path: Path | None = None
+    data_dir: Path = Path("var")
+
+    user_service_url: str = "http://127.0.0.1:8001"
+    auth_service_url: str = "http://127.0.0.1:8002"
+    blog_service_url: str = "http://127.0.0.1:8005"
+
+    jwt_private_key: SecretStr | None = None
+    jwt_private_key_file: Path | None = None
+    jwt_public_key: str | None = None
+    jwt_public_key_file: Path | None = None
+    jwt_ttl_seconds: Annotated[int, Field(ge=60, le=86400)] = 3600
+    jwt_issuer: str = "titanium"
+    jwt_audience: str = "titanium"
+
+    login_max_failures_per_user: Annotated[int, Field(ge=1)] = 5
+    login_max_failures_per_client: Annotated[int, Field(ge=1)] = 20
+    login_failure_window_seconds: Annotated[int, Field(ge=1)] = 60
+
+    db_pool_size: Annotated[int, Field(ge=1, le=100)] = 10
+    db_pool_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 3.0
+    db_statement_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
+    db_connect_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 3.0
+    sqlite_busy_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
+
+    upstream_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _postgres_needs_credentials(self) -> "Settings":
+        if self.use_postgres:
+            if not self.postgres_user:
+                raise ValueError("POSTGRES_USER is required when USE_POSTGRES=true")
+            if self.postgres_password is None or not self.postgres_password.get_secret_value():
+                raise ValueError("POSTGRES_PASSWORD is required when USE_POSTGRES=true")
+        for name in ("user_service_url", "auth_service_url", "blog_service_url"):
+            url = getattr(self, name)
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{name.upper()} must start with http:// or https://")
+        return self
+
+    @property
+    def backend(self) -> str:
+        """`postgresql` or `sqlite`: what the data-owning services will use."""
+        return "postgresql" if self.use_postgres else "sqlite"
+
+    def sqlite_path(self, service: DataService) -> Path:
+        """The SQLite file of a data-owning service."""
+        return self.database_path or self.data_dir / f"{service}.db"
+
+    def database_url(self, service: DataService) -> URL:
+        """SQLAlchemy URL of the service's database for the selected backend."""
+        if self.use_postgres:
+            assert self.postgres_password is not None  # guaranteed by the validator
+            return URL.create(
+                "postgresql+asyncpg",
+                username=self.postgres_user,
+                password=self.postgres_password.get_secret_value(),
+                host=self.postgres_host,
+                port=self.postgres_port,
+                database=self.postgres_db,
+            )
+        return URL.create("sqlite+aiosqlite", database=str(self.sqlite_path(service)))
+
+
+def load_settings() -> Settings:
+    """Read the environment; raise ConfigError with one line naming the variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        location = "".join(str(part) for part in error["loc"][:1]).upper()
+        message = str(error["msg"]).removeprefix("Value error, ")
+        prefix = f"{location}: " if location else ""
+        raise ConfigError(f"{prefix}{message}") from None

@@ -1,0 +1,1 @@
+"""Storage: the one schema, the engine factory and the migrations."""

@@ -1,0 +1,148 @@
+"""Engine factory: the only place that knows SQLite and PostgreSQL differ at run time.
+
+`Database.read()` and `Database.write()` hand out connections inside a
+transaction and translate driver failures into Titanium's domain errors, so
+services never see a driver exception and never branch on the backend.
+"""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from titanium.config import DataService, Settings
+from titanium.errors import Conflict, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+def is_sqlite(url: URL) -> bool:
+    """True when the URL points at an SQLite file."""
+    return url.get_backend_name() == "sqlite"
+
+
+def create_engine(
+    settings: Settings, service: DataService, *, role: str = "read", null_pool: bool = False
+) -> AsyncEngine:
+    """Create an engine for a service; `role` is `read`, `write` or `migrate`."""
+    url = settings.database_url(service)
+    pool: dict[str, Any]
+    if null_pool:
+        pool = {"poolclass": NullPool}
+    else:
+        # SQLite has one writer at a time: one write connection per process queues
+        # writers in-process instead of letting them fight over the file lock.
+        size = 1 if is_sqlite(url) and role == "write" else settings.db_pool_size
+        pool = {
+            "pool_size": size,
+            "max_overflow": 0,
+            "pool_timeout": settings.db_pool_timeout_seconds,
+            "pool_pre_ping": not is_sqlite(url),
+        }
+    if is_sqlite(url):
+        assert url.database is not None
+        settings.sqlite_path(service).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(
+            url, connect_args={"timeout": settings.sqlite_busy_timeout_seconds}, **pool
+        )
+        _configure_sqlite(engine, settings, role)
+        return engine
+    return create_async_engine(
+        url,
+        connect_args={
+            "timeout": settings.db_connect_timeout_seconds,
+            "command_timeout": settings.db_statement_timeout_seconds,
+            "server_settings": {"application_name": f"titanium-{service}"},
+        },
+        **pool,
+    )
+
+
+def _configure_sqlite(engine: AsyncEngine, settings: Settings, role: str) -> None:
+    busy_ms = int(settings.sqlite_busy_timeout_seconds * 1000)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+        # FULL: a commit that returned is on disk even after a power cut.
+        cursor.execute("PRAGMA synchronous=FULL")
+        if role != "migrate":
+            cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+        if role != "migrate":
+            # Take transaction control from the driver so BEGIN is ours to choose.
+            dbapi_connection.isolation_level = None
+
+    if role == "migrate":
+        return
+    # A deferred transaction that later writes can fail with "database is locked"
+    # without waiting; BEGIN IMMEDIATE takes the write lock up front and waits
+    # up to busy_timeout for it.
+    begin = "BEGIN IMMEDIATE" if role == "write" else "BEGIN"
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql(begin)
+
+
+@asynccontextmanager
+async def translate_errors() -> AsyncIterator[None]:
+    """Turn driver and pool failures into Conflict or Unavailable."""
+    try:
+        yield
+    except sa_exc.IntegrityError as exc:
+        raise Conflict("a unique value is already taken") from exc
+    except sa_exc.TimeoutError as exc:
+        log.warning("database pool exhausted: %s", exc)
+        raise Unavailable("the database is busy, retry shortly") from exc
+    except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+        log.warning("database unavailable: %s", exc.orig)
+        raise Unavailable("the database is unavailable") from exc
+    except sa_exc.DBAPIError as exc:
+        if exc.connection_invalidated:
+            log.warning("database connection lost: %s", exc.orig)
+            raise Unavailable("the database is unavailable") from exc
+        raise
+    except (OSError, TimeoutError) as exc:
+        log.warning("database unreachable: %r", exc)
+        raise Unavailable("the database is unavailable") from exc
+
+
+class Database:
+    """The connections of one data-owning service."""
+
+    def __init__(self, settings: Settings, service: DataService) -> None:
+        self.service: DataService = service
+        self.url = settings.database_url(service)
+        self.backend = self.url.get_backend_name()
+        self._reader = create_engine(settings, service, role="read")
+        self._writer = (
+            create_engine(settings, service, role="write") if is_sqlite(self.url) else self._reader
+        )
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a read transaction (one consistent snapshot)."""
+        async with translate_errors(), self._reader.connect() as conn:
+            await conn.begin()
+            yield conn
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a write transaction, committed when the block exits cleanly."""
+        async with translate_errors(), self._writer.begin() as conn:
+            yield conn
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self._reader.dispose()
+        if self._writer is not self._reader:
+            await self._writer.dispose()

@@ -1,0 +1,126 @@
+"""Schema migrations: one Alembic history per data-owning service.
+
+Each service has its own script directory and version table
+(`alembic_version_users`, `alembic_version_blog`), so both can share the
+PostgreSQL database `titanium` and still evolve independently.
+"""
+
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, text
+
+from titanium.config import DataService, Settings
+from titanium.db.engine import Database, create_engine, is_sqlite, translate_errors
+from titanium.errors import Unavailable
+
+SERVICES: tuple[DataService, ...] = ("users", "blog")
+_HERE = Path(__file__).parent
+# One advisory lock for every Titanium migration: two `titanium db upgrade`
+# processes (two pods, two replicas' init containers) run one after the other.
+_ADVISORY_LOCK_KEY = 0x7469_7461_6E69  # "titani"
+
+
+def version_table(service: DataService) -> str:
+    """Name of the Alembic version table of a service."""
+    return f"alembic_version_{service}"
+
+
+def alembic_config(service: DataService) -> Config:
+    """Alembic configuration for a service, without an ini file."""
+    config = Config()
+    config.set_main_option("script_location", str(_HERE / service))
+    return config
+
+
+@cache
+def head_revision(service: DataService) -> str:
+    """The revision the code expects the service's schema to be at."""
+    head = ScriptDirectory.from_config(alembic_config(service)).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision_sync(connection: Connection, service: DataService) -> str | None:
+    """The revision the database is at, read on an open connection."""
+    context = MigrationContext.configure(
+        connection, opts={"version_table": version_table(service)}
+    )
+    return context.get_current_revision()
+
+
+@contextmanager
+def _migration_lock(connection: Connection, settings: Settings, service: DataService) -> Iterator[None]:
+    if is_sqlite(connection.engine.url):
+        lock_path = settings.sqlite_path(service).with_suffix(".migrate-lock")
+        with lock_path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
+    connection.commit()
+    try:
+        yield
+    finally:
+        connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _ADVISORY_LOCK_KEY})
+        connection.commit()
+
+
+def _run(
+    connection: Connection, settings: Settings, service: DataService, action: str, revision: str
+) -> str | None:
+    with _migration_lock(connection, settings, service):
+        config = alembic_config(service)
+        config.attributes["connection"] = connection
+        if action == "upgrade":
+            command.upgrade(config, revision)
+        else:
+            command.downgrade(config, revision)
+        connection.commit()
+        return current_revision_sync(connection, service)
+
+
+async def migrate(
+    settings: Settings, service: DataService, action: str = "upgrade", revision: str = "head"
+) -> str | None:
+    """Upgrade or downgrade one service's schema; return the revision it ends at."""
+    engine = create_engine(settings, service, role="migrate", null_pool=True)
+    try:
+        async with translate_errors(), engine.connect() as conn:
+            return await conn.run_sync(_run, settings, service, action, revision)
+    finally:
+        await engine.dispose()
+
+
+async def current_revision(settings: Settings, service: DataService) -> str | None:
+    """The revision a service's schema is at, or None before the first upgrade."""
+    engine = create_engine(settings, service, role="migrate", null_pool=True)
+    try:
+        async with translate_errors(), engine.connect() as conn:
+            return await conn.run_sync(current_revision_sync, service)
+    finally:
+        await engine.dispose()
+
+
+async def check_schema(db: Database) -> dict[str, str]:
+    """Readiness: the database answers and the schema is at the code's head revision."""
+    service: DataService = db.service
+    async with db.read() as conn:
+        current = await conn.run_sync(current_revision_sync, service)
+    expected = head_revision(service)
+    if current != expected:
+        raise Unavailable(
+            f"schema of {service} is at {current or 'nothing'}, expected {expected}: "
+            "run `titanium db upgrade`"
+        )
+    return {"database": db.backend, "schema_revision": current}

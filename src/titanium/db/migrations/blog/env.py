@@ -1,0 +1,3 @@
+from titanium.db.migrations.environment import run_migrations
+
+run_migrations("blog")

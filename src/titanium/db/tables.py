@@ -1,0 +1,70 @@
+"""The one schema of Titanium, as SQLAlchemy Core tables.
+
+The Alembic revisions under `migrations/` are the only DDL that runs; these
+tables are what the code queries with, and `tests/test_migrations.py` checks
+that both agree on SQLite and PostgreSQL.
+"""
+
+import sqlalchemy as sa
+
+# Explicit constraint names so both dialects (and Alembic batch mode) agree.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Field limits of the seed's PostgreSQL schema; the API enforces them on both backends.
+USERNAME_MAX = 100
+EMAIL_MAX = 255
+PASSWORD_HASH_MAX = 255
+TITLE_MAX = 200
+AUTHOR_MAX = USERNAME_MAX
+CATEGORY_NAME_MAX = 50
+CATEGORY_SLUG_MAX = 50
+COLOR_LENGTH = 7
+
+users_metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+blog_metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+users = sa.Table(
+    "users",
+    users_metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("username", sa.String(USERNAME_MAX), nullable=False, unique=True),
+    sa.Column("email", sa.String(EMAIL_MAX), nullable=False),
+    sa.Column("password_hash", sa.String(PASSWORD_HASH_MAX), nullable=False),
+    sa.Column("created_at", sa.DateTime, server_default=sa.func.current_timestamp()),
+    sa.Index("idx_users_username", "username"),
+    sqlite_autoincrement=True,
+)
+
+categories = sa.Table(
+    "categories",
+    blog_metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(CATEGORY_NAME_MAX), nullable=False, unique=True),
+    sa.Column("slug", sa.String(CATEGORY_SLUG_MAX), nullable=False, unique=True),
+    sa.Column("color", sa.String(COLOR_LENGTH), nullable=False, server_default="#6b7280"),
+    sqlite_autoincrement=True,
+)
+
+posts = sa.Table(
+    "posts",
+    blog_metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("title", sa.String(TITLE_MAX), nullable=False),
+    sa.Column("content", sa.Text, nullable=False),
+    sa.Column("author", sa.String(AUTHOR_MAX), nullable=False),
+    sa.Column("created_at", sa.DateTime, server_default=sa.func.current_timestamp()),
+    sa.Column("updated_at", sa.DateTime, server_default=sa.func.current_timestamp()),
+    sa.Column("category_id", sa.Integer, sa.ForeignKey("categories.id"), nullable=True),
+    sa.Index("idx_posts_author", "author"),
+    sa.Index("idx_posts_category_id", "category_id"),
+    sqlite_autoincrement=True,
+)
+sa.Index("idx_posts_created_at", posts.c.created_at.desc())
+
+METADATA: dict[str, sa.MetaData] = {"users": users_metadata, "blog": blog_metadata}

@@ -1,0 +1,1 @@
+"""The four services, one ASGI app each."""

@@ -1,0 +1,151 @@
+"""auth-service: logs users in and verifies tokens. It owns no database.
+
+Credentials are checked by user-service's internal route; only this service
+holds the private key, so only it can mint tokens.
+"""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import aiohttp
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, StringConstraints
+
+from titanium.config import Settings
+from titanium.db.tables import USERNAME_MAX
+from titanium.errors import Unauthorized, Unavailable
+from titanium.security.ratelimit import FailureLimiter
+from titanium.security.tokens import TokenIssuer, TokenVerifier
+from titanium.services.users.schemas import PASSWORD_MAX
+from titanium.web.auth import CurrentIdentity
+from titanium.web.client import Downstream, forward_headers, open_downstream
+from titanium.web.schemas import NoNul
+from titanium.web.service import install_common
+
+
+class Login(BaseModel):
+    """A login attempt."""
+
+    username: Annotated[str, StringConstraints(min_length=1, max_length=USERNAME_MAX), NoNul]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=PASSWORD_MAX), NoNul]
+
+
+class LoginUser(BaseModel):
+    """Who logged in."""
+
+    id: int
+    username: str
+
+
+class LoginResult(BaseModel):
+    """A successful login: `token` for the old clients, OAuth2-style fields for new ones."""
+
+    status: str = "success"
+    token: str
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+    user: LoginUser
+
+
+class VerifiedToken(BaseModel):
+    """What a valid token says."""
+
+    user_id: int
+    username: str
+    exp: int
+
+
+class VerifyResult(BaseModel):
+    """The old clients' /verify answer."""
+
+    status: str = "success"
+    data: VerifiedToken
+
+
+def client_address(request: Request) -> str:
+    """The caller's address: the entry the gateway appended to X-Forwarded-For, if any."""
+    forwarded = request.headers.get("x-forwarded-for")
+    if forwarded:
+        return forwarded.rsplit(",", 1)[-1].strip()
+    return request.client.host if request.client else "unknown"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build auth-service; configuration errors surface here, before serving."""
+    issuer = TokenIssuer(settings)
+    verifier = TokenVerifier(settings)
+    per_user = FailureLimiter(
+        settings.login_max_failures_per_user, settings.login_failure_window_seconds
+    )
+    per_client = FailureLimiter(
+        settings.login_max_failures_per_client, settings.login_failure_window_seconds
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.users = open_downstream(
+            "user-service", settings.user_service_url, timeout_seconds=settings.upstream_timeout_seconds
+        )
+        yield
+        await app.state.users.close()
+
+    app = FastAPI(title="Titanium auth-service", version="1", lifespan=lifespan)
+    app.state.verifier = verifier
+
+    async def ready(request: Request) -> dict[str, Any]:
+        users: Downstream = request.app.state.users
+        try:
+            async with users.session.get(users.url("/health")) as response:
+                if response.status == 200:
+                    return {"user_service": "ok"}
+        except (aiohttp.ClientError, TimeoutError):
+            pass
+        raise Unavailable("user-service is unreachable")
+
+    install_common(app, service="auth-service", settings=settings, ready=ready)
+
+    @app.post("/api/login", response_model=LoginResult, summary="Log in and get a token")
+    async def login(body: Login, request: Request) -> LoginResult:
+        client = client_address(request)
+        user_key = body.username.lower()
+        per_client.check(client)
+        per_user.check(user_key)
+        user = await _check_credentials(request.app.state.users, body)
+        if user is None:
+            per_client.record_failure(client)
+            per_user.record_failure(user_key)
+            # Same answer for an unknown user and a wrong password.
+            raise Unauthorized("invalid username or password")
+        per_user.reset(user_key)
+        token = issuer.issue(user.id, user.username)
+        return LoginResult(
+            token=token, access_token=token, expires_in=issuer.ttl_seconds, user=user
+        )
+
+    @app.get("/verify", response_model=VerifyResult, summary="Check a token")
+    async def verify(identity: CurrentIdentity) -> VerifyResult:
+        return VerifyResult(
+            data=VerifiedToken(
+                user_id=identity.user_id, username=identity.username, exp=identity.expires_at
+            )
+        )
+
+    return app
+
+
+async def _check_credentials(users: Downstream, body: Login) -> LoginUser | None:
+    try:
+        async with users.session.post(
+            users.url("/internal/credentials"),
+            json=body.model_dump(),
+            headers=forward_headers(),
+        ) as response:
+            if response.status == 200:
+                return LoginUser.model_validate(await response.json())
+            if response.status in (401, 422):
+                return None
+            raise Unavailable(f"user-service answered {response.status}")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise Unavailable("user-service is unreachable") from exc

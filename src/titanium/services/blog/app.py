@@ -1,0 +1,140 @@
+"""blog-service: posts and categories API under /blog/api, and the web UI under /blog/."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+import pathlib
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Path, Query, Request, Response, status
+from fastapi.responses import FileResponse, RedirectResponse
+
+from titanium.config import Settings
+from titanium.db.engine import Database
+from titanium.db.migrations import check_schema
+from titanium.errors import Forbidden
+from titanium.services.blog.repository import DEFAULT_CATEGORY, BlogRepository, PostFilter
+from titanium.security.tokens import TokenVerifier
+from titanium.services.blog.schemas import Category, NewPost, Post, PostChanges, PostSummary
+from titanium.web.auth import CurrentIdentity
+from titanium.web.service import install_common
+
+STATIC = pathlib.Path(__file__).parent / "static"
+PostIdPath = Annotated[int, Path(ge=1, le=2_147_483_647)]
+
+
+def _repository(request: Request) -> BlogRepository:
+    return BlogRepository(request.app.state.db)
+
+
+Blog = Annotated[BlogRepository, Depends(_repository)]
+
+
+async def _category_id(
+    repo: BlogRepository, category_name: str | None, category_id: int | None
+) -> int | None:
+    if category_id is not None:
+        return await repo.existing_category(category_id)
+    if category_name is not None:
+        return await repo.category_for_name(category_name)
+    return None
+
+
+async def _own_post(repo: BlogRepository, post_id: int, username: str) -> None:
+    if await repo.author_of(post_id) != username:
+        raise Forbidden("only the author may change this post")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build blog-service; configuration errors surface here, before serving."""
+    db = Database(settings, "blog")
+    verifier = TokenVerifier(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await db.dispose()
+
+    app = FastAPI(title="Titanium blog-service", version="1", lifespan=lifespan)
+    app.state.db = db
+    app.state.verifier = verifier
+
+    async def ready(_request: Request) -> dict[str, Any]:
+        return await check_schema(db)
+
+    async def stats(_request: Request) -> dict[str, Any]:
+        return {"database": db.backend, **await BlogRepository(db).count()}
+
+    install_common(app, service="blog-service", settings=settings, ready=ready, stats=stats)
+    _add_api(app)
+    _add_pages(app)
+    return app
+
+
+def _add_api(app: FastAPI) -> None:
+    @app.get("/blog/api/posts", response_model=list[PostSummary], summary="List posts")
+    async def list_posts(
+        repo: Blog,
+        response: Response,
+        offset: Annotated[int, Query(ge=0, le=2_147_483_647)] = 0,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        category: Annotated[str | None, Query(max_length=50, description="slug")] = None,
+        author: Annotated[str | None, Query(max_length=100)] = None,
+    ) -> list[dict[str, Any]]:
+        items, total = await repo.list_posts(PostFilter(category, author), offset, limit)
+        response.headers["X-Total-Count"] = str(total)
+        return items
+
+    @app.get("/blog/api/posts/{post_id}", response_model=Post, summary="Read a post")
+    async def get_post(post_id: PostIdPath, repo: Blog) -> dict[str, Any]:
+        return await repo.get_post(post_id)
+
+    @app.post(
+        "/blog/api/posts",
+        response_model=Post,
+        status_code=status.HTTP_201_CREATED,
+        summary="Create a post",
+    )
+    async def create_post(body: NewPost, identity: CurrentIdentity, repo: Blog) -> dict[str, Any]:
+        category_id = await _category_id(repo, body.category_name, body.category_id)
+        if category_id is None:
+            category_id = await repo.category_for_name(DEFAULT_CATEGORY)
+        return await repo.create_post(identity.username, body.title, body.content, category_id)
+
+    @app.patch("/blog/api/posts/{post_id}", response_model=Post, summary="Change a post")
+    async def update_post(
+        post_id: PostIdPath, body: PostChanges, identity: CurrentIdentity, repo: Blog
+    ) -> dict[str, Any]:
+        await _own_post(repo, post_id, identity.username)
+        changes: dict[str, Any] = body.model_dump(
+            include={"title", "content"}, exclude_none=True
+        )
+        category_id = await _category_id(repo, body.category_name, body.category_id)
+        if category_id is not None:
+            changes["category_id"] = category_id
+        return await repo.update_post(post_id, changes)
+
+    @app.delete(
+        "/blog/api/posts/{post_id}",
+        status_code=status.HTTP_204_NO_CONTENT,
+        response_class=Response,
+        summary="Delete a post",
+    )
+    async def delete_post(post_id: PostIdPath, identity: CurrentIdentity, repo: Blog) -> Response:
+        await _own_post(repo, post_id, identity.username)
+        await repo.delete_post(post_id)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    @app.get("/blog/api/categories", response_model=list[Category], summary="List categories")
+    async def list_categories(repo: Blog) -> list[dict[str, Any]]:
+        return await repo.list_categories()
+
+
+def _add_pages(app: FastAPI) -> None:
+    @app.get("/blog", include_in_schema=False)
+    async def blog_root() -> RedirectResponse:
+        return RedirectResponse("/blog/")
+
+    @app.get("/blog/", include_in_schema=False)
+    @app.get("/blog/posts/{post_id}", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")

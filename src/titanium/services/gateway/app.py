@@ -1,0 +1,197 @@
+"""api-gateway: the one public entry point; routes public paths to the services.
+
+Only the paths in ROUTES are forwarded, so internal routes (user-service's
+credential check) are never reachable from outside. Each downstream has its
+own keep-alive pool; the request id is created here and passed on.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from titanium.config import Settings
+from titanium.errors import BadGateway, NotFound, Unavailable, UpstreamTimeout
+from titanium.web.client import Downstream, open_downstream
+from titanium.web.context import request_id_var
+from titanium.web.service import install_common
+
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+# Public path -> downstream. Anything else is a 404 at the gateway.
+ROUTES: list[tuple[str, str]] = [
+    ("/api/login", "auth"),
+    ("/api/register", "users"),
+    ("/api/users", "users"),
+    ("/api/users/{rest:path}", "users"),
+    ("/blog", "blog"),
+    ("/blog/{rest:path}", "blog"),
+]
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+}
+# Set by the gateway itself; a client's values are replaced, never trusted.
+OWN_HEADERS = {"x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+# Bodies up to this size are passed whole (cheaper); larger or unknown ones stream.
+BUFFER_LIMIT = 64 * 1024
+READY_TIMEOUT_SECONDS = 2.0
+
+
+def _request_headers(request: Request) -> dict[str, str]:
+    headers = {
+        name: value
+        for name, value in request.headers.items()
+        if name not in HOP_BY_HOP and name not in OWN_HEADERS
+    }
+    client = request.client.host if request.client else "unknown"
+    headers["X-Request-ID"] = request_id_var.get()
+    headers["X-Forwarded-For"] = client
+    headers["X-Forwarded-Proto"] = request.url.scheme
+    if "host" in request.headers:
+        headers["X-Forwarded-Host"] = request.headers["host"]
+    return headers
+
+
+def _response_headers(upstream: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+    return [
+        (name.lower(), value)
+        for name, value in upstream.raw_headers
+        if name.decode("latin-1").lower() not in HOP_BY_HOP | {"x-request-id"}
+    ]
+
+
+def _has_dot_segment(path: str) -> bool:
+    # A client library would collapse "/api/users/../../internal/x" into an
+    # internal path after our routing decision; refuse such paths outright.
+    return any(segment in (".", "..") for segment in path.split("/"))
+
+
+async def _request_body(request: Request) -> bytes | AsyncIterator[bytes] | None:
+    length = request.headers.get("content-length")
+    if length is None and "transfer-encoding" not in request.headers:
+        return None
+    if length is not None and length.isdigit() and int(length) <= BUFFER_LIMIT:
+        return await request.body()
+    return request.stream()
+
+
+async def proxy(request: Request, downstream: Downstream) -> Response:
+    """Forward one request to a downstream and relay its answer."""
+    if _has_dot_segment(request.url.path):
+        raise NotFound("not found")
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    query = request.scope.get("query_string", b"")
+    target = raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+    try:
+        upstream = await downstream.session.request(
+            request.method,
+            downstream.url(target),
+            headers=_request_headers(request),
+            data=await _request_body(request),
+            allow_redirects=False,
+        )
+    except HTTPException:
+        raise
+    except aiohttp.ClientConnectorError as exc:
+        raise Unavailable(f"{downstream.name} is unavailable") from exc
+    except TimeoutError as exc:
+        raise UpstreamTimeout(f"{downstream.name} did not answer in time") from exc
+    except aiohttp.ClientError as exc:
+        raise BadGateway(f"{downstream.name} failed to answer") from exc
+    headers = _response_headers(upstream)
+    length = upstream.content_length
+    if request.method == "HEAD" or (length is not None and length <= BUFFER_LIMIT):
+        try:
+            body = await upstream.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise BadGateway(f"{downstream.name} failed to answer") from exc
+        finally:
+            upstream.release()
+        response = Response(body, upstream.status)
+    else:
+        response = StreamingResponse(
+            upstream.content.iter_chunked(BUFFER_LIMIT),
+            upstream.status,
+            background=BackgroundTask(upstream.release),
+        )
+    response.raw_headers = [
+        *[(k, v) for k, v in response.raw_headers if k == b"content-length"],
+        *headers,
+    ]
+    return response
+
+
+def _endpoint(name: str) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        return await proxy(request, request.app.state.downstreams[name])
+
+    return endpoint
+
+
+def create_app(settings: Settings) -> Starlette:
+    """Build the gateway; configuration errors surface here, before serving."""
+    urls = {
+        "auth": ("auth-service", settings.auth_service_url),
+        "users": ("user-service", settings.user_service_url),
+        "blog": ("blog-service", settings.blog_service_url),
+    }
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.downstreams = {
+            key: open_downstream(
+                name, url, timeout_seconds=settings.upstream_timeout_seconds
+            )
+            for key, (name, url) in urls.items()
+        }
+        yield
+        for downstream in app.state.downstreams.values():
+            await downstream.close()
+
+    async def home(_request: Request) -> Response:
+        return RedirectResponse("/blog/")
+
+    routes = [Route("/", home, methods=["GET"])]
+    routes += [Route(path, _endpoint(key), methods=METHODS) for path, key in ROUTES]
+    app = Starlette(routes=routes, lifespan=lifespan)
+
+    async def ready(request: Request) -> dict[str, Any]:
+        # Liveness of each downstream, not readiness: a database outage should
+        # not take the gateway out of service, or reads of other services stop too.
+        downstreams: dict[str, Downstream] = request.app.state.downstreams
+        results = await asyncio.gather(*(_alive(d) for d in downstreams.values()))
+        state = {d.name: "ok" if alive else "unreachable" for d, alive in zip(downstreams.values(), results, strict=True)}
+        down = [name for name, value in state.items() if value != "ok"]
+        if down:
+            raise Unavailable(f"unreachable: {', '.join(down)}")
+        return {"downstreams": state}
+
+    install_common(app, service="api-gateway", settings=settings, ready=ready)
+    return app
+
+
+async def _alive(downstream: Downstream) -> bool:
+    try:
+        async with downstream.session.get(
+            downstream.url("/health"), timeout=aiohttp.ClientTimeout(total=READY_TIMEOUT_SECONDS)
+        ) as response:
+            return response.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False

@@ -1,0 +1,107 @@
+"""user-service: accounts, profiles and the internal credential check for auth-service."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import anyio
+from fastapi import Depends, FastAPI, Request, status
+
+from titanium.config import Settings
+from titanium.db.engine import Database
+from titanium.db.migrations import check_schema
+from titanium.errors import NotFound, Unauthorized
+from titanium.security import passwords
+from titanium.security.tokens import TokenVerifier
+from titanium.services.users.repository import User, UserRepository
+from titanium.services.users.schemas import (
+    Credentials,
+    OwnProfile,
+    PublicProfile,
+    Registration,
+    VerifiedUser,
+)
+from titanium.web.auth import CurrentIdentity
+from titanium.web.service import install_common
+
+# Each argon2 hash takes 19 MiB for a few tens of ms; two at a time bounds memory.
+HASHING_CONCURRENCY = 2
+
+
+def _repository(request: Request) -> UserRepository:
+    return UserRepository(request.app.state.db)
+
+
+Users = Annotated[UserRepository, Depends(_repository)]
+
+
+async def _in_thread(request: Request, func: Any, *args: Any) -> Any:
+    limiter: anyio.CapacityLimiter = request.app.state.hash_limiter
+    return await anyio.to_thread.run_sync(func, *args, limiter=limiter)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build user-service; configuration errors surface here, before serving."""
+    db = Database(settings, "users")
+    verifier = TokenVerifier(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.hash_limiter = anyio.CapacityLimiter(HASHING_CONCURRENCY)
+        yield
+        await db.dispose()
+
+    app = FastAPI(title="Titanium user-service", version="1", lifespan=lifespan)
+    app.state.db = db
+    app.state.verifier = verifier
+
+    async def ready(_request: Request) -> dict[str, Any]:
+        return await check_schema(db)
+
+    async def stats(_request: Request) -> dict[str, Any]:
+        return {"database": db.backend, "users": await UserRepository(db).count()}
+
+    install_common(app, service="user-service", settings=settings, ready=ready, stats=stats)
+    _add_routes(app)
+    return app
+
+
+def _add_routes(app: FastAPI) -> None:
+    created = {"status_code": status.HTTP_201_CREATED, "response_model": OwnProfile}
+
+    @app.post("/api/register", **created, summary="Register (the old clients' path)")
+    @app.post("/api/users", **created, summary="Register")
+    async def register(body: Registration, repo: Users, request: Request) -> User:
+        password_hash = await _in_thread(request, passwords.hash_password, body.password)
+        return await repo.create(body.username, body.email, password_hash)
+
+    @app.get("/api/users/me", response_model=OwnProfile, summary="Own profile")
+    async def me(identity: CurrentIdentity, repo: Users) -> User:
+        user = await repo.by_id(identity.user_id)
+        if user is None:
+            # The account behind a still-valid token is gone.
+            raise Unauthorized("the user of this token no longer exists")
+        return user
+
+    @app.get("/api/users/{username}", response_model=PublicProfile, summary="Public profile")
+    async def profile(username: str, repo: Users) -> User:
+        user = await repo.by_username(username)
+        if user is None:
+            raise NotFound("no such user")
+        return user
+
+    @app.post(
+        "/internal/credentials",
+        response_model=VerifiedUser,
+        summary="Check a password (auth-service only; never routed by the gateway)",
+    )
+    async def check_credentials(body: Credentials, repo: Users, request: Request) -> User:
+        user = await repo.by_username(body.username)
+        stored = user.password_hash if user else passwords.DUMMY_HASH
+        valid = await _in_thread(request, passwords.verify_password, body.password, stored)
+        if user is None or not valid:
+            raise Unauthorized("invalid username or password")
+        if passwords.needs_rehash(stored):
+            new_hash = await _in_thread(request, passwords.hash_password, body.password)
+            await repo.set_password_hash(user.id, new_hash)
+        return user

@@ -1,0 +1,70 @@
+"""Request and response bodies of user-service."""
+
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
+
+from titanium.db.tables import EMAIL_MAX, USERNAME_MAX
+from titanium.web.schemas import NoNul, UtcDatetime
+
+PASSWORD_MIN = 8
+# Long passphrases are welcome (argon2 hashes all of it); the cap only stops abuse.
+PASSWORD_MAX = 1024
+RESERVED_USERNAMES = {"me"}
+
+
+def _allowed_username(value: str) -> str:
+    if value.lower() in RESERVED_USERNAMES:
+        raise ValueError("this username is reserved")
+    return value
+
+
+Username = Annotated[
+    str,
+    StringConstraints(min_length=3, max_length=USERNAME_MAX, pattern=r"^[\w.-]+$"),
+    NoNul,
+    AfterValidator(_allowed_username),
+]
+Email = Annotated[
+    str,
+    StringConstraints(max_length=EMAIL_MAX, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
+    NoNul,
+]
+Password = Annotated[str, StringConstraints(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX), NoNul]
+
+
+class Registration(BaseModel):
+    """A new account."""
+
+    model_config = ConfigDict(extra="forbid")
+    username: Username
+    email: Email
+    password: Password
+
+
+class Credentials(BaseModel):
+    """A username and password to check (internal, from auth-service)."""
+
+    username: Annotated[str, StringConstraints(min_length=1, max_length=USERNAME_MAX), NoNul]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=PASSWORD_MAX), NoNul]
+
+
+class PublicProfile(BaseModel):
+    """What anyone may see of a user."""
+
+    id: int
+    username: str
+    created_at: UtcDatetime | None
+
+
+class OwnProfile(PublicProfile):
+    """What a user sees of themselves."""
+
+    email: str
+
+
+class VerifiedUser(BaseModel):
+    """The answer to a successful credential check."""
+
+    id: int
+    username: str

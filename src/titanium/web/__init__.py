@@ -1,0 +1,1 @@
+"""What every service shares: request context, errors, probes, metrics, HTTP client."""

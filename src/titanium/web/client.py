@@ -1,0 +1,44 @@
+"""Service-to-service HTTP: one pooled aiohttp session per downstream."""
+
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from titanium.web.context import request_id_var
+
+
+@dataclass
+class Downstream:
+    """A service this process calls, with its own keep-alive connection pool."""
+
+    name: str
+    base_url: str
+    session: aiohttp.ClientSession
+
+    def url(self, raw_path: str) -> URL:
+        """Absolute URL of an already-encoded path (and query) on this downstream."""
+        return URL(self.base_url.rstrip("/") + raw_path, encoded=True)
+
+    async def close(self) -> None:
+        """Close the pool."""
+        await self.session.close()
+
+
+def open_downstream(
+    name: str, base_url: str, *, timeout_seconds: float, limit: int = 100
+) -> Downstream:
+    """Create the pool for one downstream; call inside the running event loop."""
+    connector = aiohttp.TCPConnector(limit=limit, keepalive_timeout=30, ttl_dns_cache=10)
+    session = aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=timeout_seconds, connect=min(timeout_seconds, 2.0)),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent",),
+    )
+    return Downstream(name, base_url, session)
+
+
+def forward_headers() -> dict[str, str]:
+    """Headers every internal call carries: the current request id."""
+    return {"X-Request-ID": request_id_var.get()}

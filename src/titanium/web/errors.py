@@ -1,0 +1,102 @@
+"""Domain errors to HTTP: the one mapping every service installs.
+
+Error bodies are `{"status": "failed", "message": ...}` (the old clients'
+login shape), plus `errors` with one entry per field on 422. They never carry
+stack traces, SQL or driver messages.
+"""
+
+import logging
+from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from titanium.errors import (
+    BadGateway,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    TitaniumError,
+    Unauthorized,
+    Unavailable,
+    UpstreamTimeout,
+)
+
+log = logging.getLogger("titanium.errors")
+
+STATUS: dict[type[TitaniumError], int] = {
+    InvalidInput: 422,
+    NotFound: 404,
+    Conflict: 409,
+    Unauthorized: 401,
+    Forbidden: 403,
+    RateLimited: 429,
+    Unavailable: 503,
+    BadGateway: 502,
+    UpstreamTimeout: 504,
+}
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    """The JSON error body every Titanium service answers with."""
+    return JSONResponse({"status": "failed", "message": message, **extra}, status, headers)
+
+
+async def _domain_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TitaniumError)
+    status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 500)
+    headers: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, Unavailable):
+        headers["Retry-After"] = "1"
+    if isinstance(exc, InvalidInput) and exc.field:
+        extra["errors"] = [{"field": exc.field, "message": exc.message}]
+    if status == 500:
+        log.error("unmapped domain error %r", exc)
+        return error_response(500, "internal error")
+    return error_response(status, exc.message, headers, **extra)
+
+
+def _field_name(location: tuple[Any, ...]) -> str:
+    # ("body", "title") -> "title"; ("query", "limit") -> "limit"
+    parts = [str(part) for part in location if part not in ("body", "query", "path", "header")]
+    return ".".join(parts) or str(location[0] if location else "request")
+
+
+async def _validation_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"field": _field_name(tuple(error["loc"])), "message": str(error["msg"])}
+        for error in exc.errors()
+    ]
+    first = errors[0] if errors else {"field": "request", "message": "invalid"}
+    return error_response(422, f"{first['field']}: {first['message']}", errors=errors)
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+
+
+async def _unexpected(_request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal error")
+
+
+def install_error_handlers(app: Starlette) -> None:
+    """Map domain, validation and HTTP errors of `app` to JSON error bodies."""
+    app.add_exception_handler(TitaniumError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,96 @@
+"""One ASGI middleware for request id, the request log line, metrics and the body limit.
+
+Pure ASGI (not BaseHTTPMiddleware) so streaming bodies pass through untouched
+and the per-request cost stays small.
+"""
+
+import json
+import logging
+import time
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from titanium.web.context import REQUEST_ID_HEADER, new_request_id, request_id_var
+from titanium.web.metrics import Metrics
+
+log = logging.getLogger("titanium.request")
+
+
+class RequestContextMiddleware:
+    """Sets the request id, enforces the body limit, logs and measures each request."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        request_id = new_request_id(headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1"))
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+        header_value = request_id.encode()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", header_value)]
+            await send(message)
+
+        try:
+            declared = headers.get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+                # Refuse before reading a byte of the body.
+                await _send_json(send_with_id, 413, "request body too large")
+            else:
+                await self.app(scope, self._limited(receive), send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope["method"]
+            self.metrics.observe(method, template, status, elapsed)
+            log.info(
+                "%s %s %d %.1fms rid=%s",
+                method,
+                scope["path"],
+                status,
+                elapsed * 1000,
+                request_id,
+            )
+            request_id_var.reset(token)
+
+    def _limited(self, receive: Receive) -> Receive:
+        limit = self.max_body_bytes
+        received = 0
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # HTTPException, because FastAPI turns other errors raised while
+                    # reading the body into a 400.
+                    raise HTTPException(413, "request body too large")
+            return message
+
+        return receive_limited
+
+
+async def _send_json(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"status": "failed", "message": message}).encode()
+    headers: list[Any] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

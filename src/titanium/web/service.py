@@ -1,0 +1,75 @@
+"""The operational surface every service shares: /health, /ready, /metrics, /stats."""
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from titanium import __version__
+from titanium.config import Settings
+from titanium.errors import Unavailable
+from titanium.web.errors import install_error_handlers
+from titanium.web.metrics import Metrics
+from titanium.web.middleware import RequestContextMiddleware
+
+Check = Callable[[Request], Awaitable[dict[str, Any]]]
+
+
+async def _no_details(_request: Request) -> dict[str, Any]:
+    return {}
+
+
+def install_common(
+    app: Starlette,
+    *,
+    service: str,
+    settings: Settings,
+    ready: Check = _no_details,
+    stats: Check = _no_details,
+) -> None:
+    """Add the shared middleware, error mapping and operational routes to `app`.
+
+    `ready` raises Unavailable when a dependency is missing; `stats` adds
+    service-specific figures to /stats.
+    """
+    metrics = Metrics(service)
+    started = time.monotonic()
+    install_error_handlers(app)
+    app.add_middleware(
+        RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes
+    )
+
+    async def health(_request: Request) -> Response:
+        return JSONResponse({"status": "ok", "service": service})
+
+    async def readiness(request: Request) -> Response:
+        try:
+            details = await ready(request)
+        except Unavailable as exc:
+            body = {"status": "unavailable", "service": service, "message": exc.message}
+            return JSONResponse(body, 503)
+        return JSONResponse({"status": "ready", "service": service, **details})
+
+    async def prometheus(_request: Request) -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    async def status(request: Request) -> Response:
+        body = {
+            "service": service,
+            "version": __version__,
+            "uptime_seconds": round(time.monotonic() - started, 1),
+            "requests_total": metrics.total,
+        }
+        try:
+            body.update(await stats(request))
+        except Unavailable as exc:
+            body["error"] = exc.message
+        return JSONResponse(body)
+
+    app.add_route("/health", health, methods=["GET"])
+    app.add_route("/ready", readiness, methods=["GET"])
+    app.add_route("/metrics", prometheus, methods=["GET"])
+    app.add_route("/stats", status, methods=["GET"])
