@@ -169,7 +169,9 @@ def live(
     stack.stop()
 
 
-def register(client: httpx.Client, username: str | None = None, password: str = "correct horse") -> dict[str, Any]:
+def register(
+    client: httpx.Client, username: str | None = None, password: str = "correct horse"
+) -> dict[str, Any]:
     """Register a user through the gateway; returns username, password and token."""
     username = username or f"user_{uuid.uuid4().hex[:10]}"
     response = client.post(
@@ -187,3 +189,19 @@ def register(client: httpx.Client, username: str | None = None, password: str = 
         "token": token,
         "headers": {"Authorization": f"Bearer {token}"},
     }
+
+
+def run_sql(settings: Settings, service: Any, statement: Any) -> list[Any]:
+    """Execute one SQLAlchemy statement on a service's database, committed; return rows."""
+    from titanium.db.engine import Database
+
+    async def go() -> list[Any]:
+        db = Database(settings, service)
+        try:
+            async with db.write() as conn:
+                result = await conn.execute(statement)
+                return list(result.all()) if result.returns_rows else []
+        finally:
+            await db.dispose()
+
+    return asyncio.run(go())

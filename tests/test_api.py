@@ -86,7 +86,8 @@ def test_taken_username_is_409(live: RunningStack) -> None:
 def test_register_answers_without_password_data(live: RunningStack) -> None:
     name = f"user_{uuid.uuid4().hex[:8]}"
     response = live.client.post(
-        "/api/users", json={"username": name, "email": f"{name}@example.com", "password": "pw123456"}
+        "/api/users",
+        json={"username": name, "email": f"{name}@example.com", "password": "pw123456"},
     )
     assert response.status_code == 201
     assert set(response.json()) == {"id", "username", "email", "created_at"}
@@ -132,8 +133,7 @@ def test_paging_and_filters(live: RunningStack) -> None:
     author = register(live.client)
     slug = f"paging-{uuid.uuid4().hex[:6]}"
     ids = [
-        new_post(live, author["headers"], title=f"p{i}", category_name=slug)["id"]
-        for i in range(5)
+        new_post(live, author["headers"], title=f"p{i}", category_name=slug)["id"] for i in range(5)
     ]
     page = live.client.get("/blog/api/posts", params={"category": slug, "limit": 2, "offset": 1})
     assert page.status_code == 200
@@ -210,9 +210,13 @@ def test_request_id_is_created_and_passed_on(live: RunningStack) -> None:
     assert len(generated) >= 16
     traced = live.client.get("/blog/api/posts", headers={"X-Request-ID": "trace-123"})
     assert traced.headers["x-request-id"] == "trace-123"
-    log = (live.stack.log_dir / "blog.log").read_text()  # type: ignore[operator]
-    assert "GET /blog/api/posts 200" in log
-    assert "rid=trace-123" in log
+    # The log line is written just after the response is sent: give it a moment.
+    log_file = live.stack.log_dir / "blog.log"  # type: ignore[operator]
+    deadline = time.monotonic() + 5
+    while "rid=trace-123" not in log_file.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "GET /blog/api/posts 200" in log_file.read_text()
+    assert "rid=trace-123" in log_file.read_text()
 
 
 def test_operational_endpoints_on_every_service(live: RunningStack) -> None:

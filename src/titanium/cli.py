@@ -7,10 +7,9 @@ Library errors become one-line messages and a non-zero exit code here.
 import asyncio
 import os
 import signal
-import sys
 import time
-from collections.abc import Callable, Coroutine
-from enum import Enum
+from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -34,7 +33,7 @@ app.add_typer(keys_app, name="keys")
 T = TypeVar("T")
 
 
-class Service(str, Enum):
+class Service(StrEnum):
     """Services `titanium serve` can start."""
 
     gateway = "gateway"
@@ -43,7 +42,7 @@ class Service(str, Enum):
     blog = "blog"
 
 
-class DataServiceChoice(str, Enum):
+class DataServiceChoice(StrEnum):
     """Services that own tables."""
 
     users = "users"
@@ -57,19 +56,14 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def guarded(func: Callable[[], T]) -> T:
-    """Run `func`, turning Titanium errors into one-line failures."""
+def guarded(func: Callable[..., T], *args: Any) -> T:
+    """Call `func(*args)`, turning Titanium errors into one-line failures."""
     try:
-        return func()
+        return func(*args)
     except ConfigError as exc:
         fail(f"configuration error: {exc.message}", 2)
     except TitaniumError as exc:
         fail(exc.message)
-
-
-def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion from a command."""
-    return asyncio.run(coroutine)
 
 
 def _settings() -> Settings:
@@ -88,10 +82,10 @@ def serve(
     from titanium.logs import configure_logging
     from titanium.services.registry import app_factory
 
-    name: ServiceName = service.value  # type: ignore[assignment]
+    name: ServiceName = service.value
     settings = _settings()
     configure_logging(settings.log_level, DISPLAY_NAMES[name])
-    asgi = guarded(lambda: app_factory(name)(settings))
+    asgi = guarded(app_factory(name), settings)
     uvicorn.run(
         asgi,
         host=host,
@@ -108,12 +102,16 @@ def serve(
 def _data_services(choice: DataServiceChoice) -> tuple[DataService, ...]:
     from titanium.db.migrations import SERVICES
 
-    return SERVICES if choice is DataServiceChoice.all else (choice.value,)  # type: ignore[return-value]
+    if choice is DataServiceChoice.all:
+        return SERVICES
+    return ("users",) if choice is DataServiceChoice.users else ("blog",)
 
 
 @db_app.command("upgrade")
 def db_upgrade(
-    service: Annotated[DataServiceChoice, typer.Option(help="Whose schema.")] = DataServiceChoice.all,
+    service: Annotated[
+        DataServiceChoice, typer.Option(help="Whose schema.")
+    ] = DataServiceChoice.all,
     revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
 ) -> None:
     """Apply schema migrations (idempotent; safe to run from several processes at once)."""
@@ -121,7 +119,7 @@ def db_upgrade(
 
     settings = _settings()
     for name in _data_services(service):
-        reached = guarded(lambda name=name: run_async(migrate(settings, name, "upgrade", revision)))  # type: ignore[misc]
+        reached = guarded(asyncio.run, migrate(settings, name, "upgrade", revision))
         typer.echo(f"{name}: schema at {reached} ({settings.backend})")
 
 
@@ -135,7 +133,7 @@ def db_downgrade(
 
     settings = _settings()
     for name in _data_services(service):
-        reached = guarded(lambda name=name: run_async(migrate(settings, name, "downgrade", revision)))  # type: ignore[misc]
+        reached = guarded(asyncio.run, migrate(settings, name, "downgrade", revision))
         typer.echo(f"{name}: schema at {reached or 'base'} ({settings.backend})")
 
 
@@ -146,7 +144,7 @@ def db_current() -> None:
 
     settings = _settings()
     for name in SERVICES:
-        current = guarded(lambda name=name: run_async(current_revision(settings, name)))  # type: ignore[misc]
+        current = guarded(asyncio.run, current_revision(settings, name))
         typer.echo(f"{name}: {current or 'base'} (head {head_revision(name)}, {settings.backend})")
 
 
@@ -172,7 +170,7 @@ def run(
 ) -> None:
     """Run all four services on this machine (SQLite under ./var unless USE_POSTGRES=true)."""
     from titanium.db.migrations import SERVICES, migrate
-    from titanium.runner import Stack
+    from titanium.runner import START_ORDER, Stack
     from titanium.security.tokens import generate_key_pair
 
     settings = _settings()
@@ -182,7 +180,7 @@ def run(
         env["JWT_PRIVATE_KEY_FILE"] = str(private.resolve())
         env["JWT_PUBLIC_KEY_FILE"] = str(public.resolve())
     for name in SERVICES:
-        guarded(lambda name=name: run_async(migrate(settings, name)))  # type: ignore[misc]
+        guarded(asyncio.run, migrate(settings, name))
     where = "PostgreSQL" if settings.use_postgres else f"SQLite in {settings.data_dir}/"
     typer.echo(f"titanium: schema at head ({where}); starting services")
 
@@ -194,8 +192,8 @@ def run(
     }
     stack = Stack(env=env, ports=ports)
     guarded(stack.start)
-    for name in ports:
-        typer.echo(f"  {DISPLAY_NAMES[name]:<13} {stack.url(name)}  ready")
+    for started in START_ORDER:
+        typer.echo(f"  {DISPLAY_NAMES[started]:<13} {stack.url(started)}  ready")
     typer.echo(f"\nBlog: {stack.url('gateway')}/blog/   (Ctrl-C stops everything)")
 
     def _terminate(_signum: int, _frame: Any) -> None:
@@ -218,4 +216,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

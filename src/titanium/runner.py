@@ -148,4 +148,3 @@ class Stack:
     def exited(self) -> list[ServiceName]:
         """Services whose process has ended."""
         return [name for name, process in self.processes.items() if process.poll() is not None]
-

@@ -19,9 +19,9 @@ def app_factory(service: ServiceName) -> Callable[[Settings], Any]:
     if service == "gateway":
         from titanium.services.gateway.app import create_app
     elif service == "auth":
-        from titanium.services.auth.app import create_app  # type: ignore[assignment]
+        from titanium.services.auth.app import create_app
     elif service == "users":
-        from titanium.services.users.app import create_app  # type: ignore[assignment]
+        from titanium.services.users.app import create_app
     else:
-        from titanium.services.blog.app import create_app  # type: ignore[assignment]
+        from titanium.services.blog.app import create_app
     return create_app

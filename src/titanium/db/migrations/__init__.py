@@ -50,14 +50,14 @@ def head_revision(service: DataService) -> str:
 
 def current_revision_sync(connection: Connection, service: DataService) -> str | None:
     """The revision the database is at, read on an open connection."""
-    context = MigrationContext.configure(
-        connection, opts={"version_table": version_table(service)}
-    )
+    context = MigrationContext.configure(connection, opts={"version_table": version_table(service)})
     return context.get_current_revision()
 
 
 @contextmanager
-def _migration_lock(connection: Connection, settings: Settings, service: DataService) -> Iterator[None]:
+def _migration_lock(
+    connection: Connection, settings: Settings, service: DataService
+) -> Iterator[None]:
     if is_sqlite(connection.engine.url):
         lock_path = settings.sqlite_path(service).with_suffix(".migrate-lock")
         with lock_path.open("a") as handle:

@@ -44,7 +44,7 @@ class LoginResult(BaseModel):
     status: str = "success"
     token: str
     access_token: str
-    token_type: str = "bearer"
+    token_type: str = "bearer"  # noqa: S105 - a token type, not a secret
     expires_in: int
     user: LoginUser
 
@@ -86,7 +86,9 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.users = open_downstream(
-            "user-service", settings.user_service_url, timeout_seconds=settings.upstream_timeout_seconds
+            "user-service",
+            settings.user_service_url,
+            timeout_seconds=settings.upstream_timeout_seconds,
         )
         yield
         await app.state.users.close()

@@ -1,8 +1,8 @@
 """blog-service: posts and categories API under /blog/api, and the web UI under /blog/."""
 
+import pathlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-import pathlib
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response, status
@@ -12,8 +12,8 @@ from titanium.config import Settings
 from titanium.db.engine import Database
 from titanium.db.migrations import check_schema
 from titanium.errors import Forbidden
-from titanium.services.blog.repository import DEFAULT_CATEGORY, BlogRepository, PostFilter
 from titanium.security.tokens import TokenVerifier
+from titanium.services.blog.repository import DEFAULT_CATEGORY, BlogRepository, PostFilter
 from titanium.services.blog.schemas import Category, NewPost, Post, PostChanges, PostSummary
 from titanium.web.auth import CurrentIdentity
 from titanium.web.service import install_common
@@ -105,9 +105,7 @@ def _add_api(app: FastAPI) -> None:
         post_id: PostIdPath, body: PostChanges, identity: CurrentIdentity, repo: Blog
     ) -> dict[str, Any]:
         await _own_post(repo, post_id, identity.username)
-        changes: dict[str, Any] = body.model_dump(
-            include={"title", "content"}, exclude_none=True
-        )
+        changes: dict[str, Any] = body.model_dump(include={"title", "content"}, exclude_none=True)
         category_id = await _category_id(repo, body.category_name, body.category_id)
         if category_id is not None:
             changes["category_id"] = category_id

@@ -221,7 +221,9 @@ class BlogRepository:
     async def count(self) -> dict[str, int]:
         """Numbers of posts and categories."""
         async with self.db.read() as conn:
-            post_count = (await conn.execute(sa.select(sa.func.count()).select_from(posts))).scalar_one()
+            post_count = (
+                await conn.execute(sa.select(sa.func.count()).select_from(posts))
+            ).scalar_one()
             category_count = (
                 await conn.execute(sa.select(sa.func.count()).select_from(categories))
             ).scalar_one()

@@ -156,9 +156,7 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.downstreams = {
-            key: open_downstream(
-                name, url, timeout_seconds=settings.upstream_timeout_seconds
-            )
+            key: open_downstream(name, url, timeout_seconds=settings.upstream_timeout_seconds)
             for key, (name, url) in urls.items()
         }
         yield
@@ -177,7 +175,10 @@ def create_app(settings: Settings) -> Starlette:
         # not take the gateway out of service, or reads of other services stop too.
         downstreams: dict[str, Downstream] = request.app.state.downstreams
         results = await asyncio.gather(*(_alive(d) for d in downstreams.values()))
-        state = {d.name: "ok" if alive else "unreachable" for d, alive in zip(downstreams.values(), results, strict=True)}
+        state = {
+            d.name: "ok" if alive else "unreachable"
+            for d, alive in zip(downstreams.values(), results, strict=True)
+        }
         down = [name for name, value in state.items() if value != "ok"]
         if down:
             raise Unavailable(f"unreachable: {', '.join(down)}")

@@ -67,10 +67,18 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def _add_routes(app: FastAPI) -> None:
-    created = {"status_code": status.HTTP_201_CREATED, "response_model": OwnProfile}
-
-    @app.post("/api/register", **created, summary="Register (the old clients' path)")
-    @app.post("/api/users", **created, summary="Register")
+    @app.post(
+        "/api/register",
+        status_code=status.HTTP_201_CREATED,
+        response_model=OwnProfile,
+        summary="Register (the old clients' path)",
+    )
+    @app.post(
+        "/api/users",
+        status_code=status.HTTP_201_CREATED,
+        response_model=OwnProfile,
+        summary="Register",
+    )
     async def register(body: Registration, repo: Users, request: Request) -> User:
         password_hash = await _in_thread(request, passwords.hash_password, body.password)
         return await repo.create(body.username, body.email, password_hash)

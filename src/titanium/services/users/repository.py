@@ -76,4 +76,6 @@ class UserRepository:
     async def count(self) -> int:
         """Number of users."""
         async with self.db.read() as conn:
-            return int((await conn.execute(sa.select(sa.func.count()).select_from(users))).scalar_one())
+            return int(
+                (await conn.execute(sa.select(sa.func.count()).select_from(users))).scalar_one()
+            )

@@ -30,7 +30,9 @@ Email = Annotated[
     StringConstraints(max_length=EMAIL_MAX, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
     NoNul,
 ]
-Password = Annotated[str, StringConstraints(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX), NoNul]
+Password = Annotated[
+    str, StringConstraints(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX), NoNul
+]
 
 
 class Registration(BaseModel):

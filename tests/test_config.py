@@ -1,0 +1,74 @@
+"""Configuration is read once, and a bad setting stops a service with one clear line."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from titanium.config import Settings, load_settings
+from titanium.errors import ConfigError
+
+CLEAN = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "JWT_", "USE_"))}
+
+
+def serve(service: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "titanium", "serve", service, "--port", "1"],
+        env={**CLEAN, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"USE_POSTGRES": "true", "POSTGRES_USER": "titanium"}, "POSTGRES_PASSWORD"),
+        ({"USE_POSTGRES": "true", "POSTGRES_PASSWORD": "pw"}, "POSTGRES_USER"),
+        ({"USE_POSTGRES": "ture"}, "USE_POSTGRES"),
+        ({"POSTGRES_PORT": "five"}, "POSTGRES_PORT"),
+        ({"USER_SERVICE_URL": "user-service:8001"}, "USER_SERVICE_URL"),
+    ],
+)
+def test_bad_setting_stops_the_service_with_one_line(env: dict[str, str], variable: str) -> None:
+    result = serve("users", **env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("titanium: configuration error: ")
+    assert variable in lines[0]
+
+
+def test_missing_signing_key_names_the_variable() -> None:
+    result = serve("auth")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "titanium: configuration error: JWT_PRIVATE_KEY (or JWT_PRIVATE_KEY_FILE) is required"
+    )
+
+
+def test_settings_select_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith(("POSTGRES_", "USE_", "DATABASE_")):
+            monkeypatch.delenv(key)
+    assert (
+        load_settings().database_url("blog").render_as_string() == "sqlite+aiosqlite:///var/blog.db"
+    )
+    monkeypatch.setenv("USE_POSTGRES", "TRUE")
+    monkeypatch.setenv("POSTGRES_USER", "titanium")
+    monkeypatch.setenv("POSTGRES_PASSWORD", "p@ss/word")
+    url = load_settings().database_url("blog")
+    assert url.render_as_string(hide_password=False) == (
+        "postgresql+asyncpg://titanium:p%40ss%2Fword@postgresql-service:5432/titanium"
+    )
+    monkeypatch.setenv("POSTGRES_PASSWORD", "")
+    with pytest.raises(ConfigError, match="POSTGRES_PASSWORD"):
+        load_settings()
+
+
+def test_database_path_overrides_the_default() -> None:
+    settings = Settings(database_path="/data/app.db")
+    assert str(settings.sqlite_path("users")) == "/data/app.db"
+    assert str(Settings(data_dir="/srv").sqlite_path("users")) == "/srv/users.db"

@@ -1,0 +1,163 @@
+"""Alembic revisions on both backends: up/down/up, the seed's DDL, agreement with the tables."""
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, text
+
+from conftest import BACKENDS, settings_for
+from titanium.config import Settings
+from titanium.db.engine import create_engine
+from titanium.db.migrations import SERVICES, current_revision, head_revision, migrate
+from titanium.db.tables import METADATA
+
+EnvFactory = Callable[[str], dict[str, str]]
+
+
+def query(settings: Settings, service: Any, sql: str) -> list[tuple[Any, ...]]:
+    async def go() -> list[tuple[Any, ...]]:
+        engine = create_engine(settings, service, role="migrate", null_pool=True)
+        try:
+            async with engine.connect() as conn:
+                return [tuple(row) for row in (await conn.execute(text(sql))).all()]
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def schema_diff(settings: Settings, service: Any) -> list[Any]:
+    def compare(conn: Connection) -> list[Any]:
+        context = MigrationContext.configure(
+            conn,
+            opts={
+                "include_name": lambda name, kind, _parent: (
+                    not (
+                        kind == "table" and name is not None and name.startswith("alembic_version")
+                    )
+                    and not (kind == "table" and name not in METADATA[service].tables)
+                ),
+            },
+        )
+        return list(compare_metadata(context, METADATA[service]))
+
+    async def go() -> list[Any]:
+        engine = create_engine(settings, service, role="migrate", null_pool=True)
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(compare)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_upgrade_downgrade_upgrade(backend: str, database_env: EnvFactory) -> None:
+    settings = settings_for(database_env(backend))
+    for service in SERVICES:
+        assert asyncio.run(migrate(settings, service)) == head_revision(service)
+        assert asyncio.run(migrate(settings, service, "downgrade", "base")) is None
+        assert asyncio.run(current_revision(settings, service)) is None
+        assert asyncio.run(migrate(settings, service)) == head_revision(service)
+    categories = query(settings, "blog", "SELECT id, slug FROM categories ORDER BY id")
+    assert categories == [(1, "tech-stack"), (2, "troubleshooting"), (3, "test")]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tables_and_migrations_agree(backend: str, database_env: EnvFactory) -> None:
+    settings = settings_for(database_env(backend))
+    for service in SERVICES:
+        asyncio.run(migrate(settings, service))
+        assert schema_diff(settings, service) == [], service
+
+
+def test_sqlite_runs_in_wal_mode(database_env: EnvFactory) -> None:
+    settings = settings_for(database_env("sqlite"))
+    asyncio.run(migrate(settings, "blog"))
+    assert query(settings, "blog", "PRAGMA journal_mode") == [("wal",)]
+    sql = query(settings, "blog", "SELECT sql FROM sqlite_master WHERE name = 'posts'")[0][0]
+    assert "AUTOINCREMENT" in sql
+
+
+SEED_COLUMNS = {
+    ("users", "id"): ("integer", None, "NO", "nextval('users_id_seq'::regclass)"),
+    ("users", "username"): ("character varying", 100, "NO", None),
+    ("users", "email"): ("character varying", 255, "NO", None),
+    ("users", "password_hash"): ("character varying", 255, "NO", None),
+    ("users", "created_at"): ("timestamp without time zone", None, "YES", "CURRENT_TIMESTAMP"),
+    ("posts", "id"): ("integer", None, "NO", "nextval('posts_id_seq'::regclass)"),
+    ("posts", "title"): ("character varying", 200, "NO", None),
+    ("posts", "content"): ("text", None, "NO", None),
+    ("posts", "author"): ("character varying", 100, "NO", None),
+    ("posts", "created_at"): ("timestamp without time zone", None, "YES", "CURRENT_TIMESTAMP"),
+    ("posts", "updated_at"): ("timestamp without time zone", None, "YES", "CURRENT_TIMESTAMP"),
+    ("posts", "category_id"): ("integer", None, "YES", None),
+    ("categories", "id"): ("integer", None, "NO", "nextval('categories_id_seq'::regclass)"),
+    ("categories", "name"): ("character varying", 50, "NO", None),
+    ("categories", "slug"): ("character varying", 50, "NO", None),
+    ("categories", "color"): ("character varying", 7, "NO", "'#6b7280'::character varying"),
+}
+SEED_INDEXES = {
+    "idx_users_username": "CREATE INDEX idx_users_username ON public.users USING btree (username)",
+    "idx_posts_author": "CREATE INDEX idx_posts_author ON public.posts USING btree (author)",
+    "idx_posts_created_at": (
+        "CREATE INDEX idx_posts_created_at ON public.posts USING btree (created_at DESC)"
+    ),
+}
+
+
+def test_postgresql_schema_matches_the_seed_ddl(database_env: EnvFactory) -> None:
+    settings = settings_for(database_env("postgresql"))
+    for service in SERVICES:
+        asyncio.run(migrate(settings, service))
+    columns = query(
+        settings,
+        "users",
+        """SELECT table_name, column_name, data_type, character_maximum_length,
+                  is_nullable, column_default
+           FROM information_schema.columns
+           WHERE table_schema = 'public' AND table_name IN ('users', 'posts', 'categories')""",
+    )
+    assert {(row[0], row[1]): row[2:] for row in columns} == SEED_COLUMNS
+    indexes = dict(
+        query(
+            settings,
+            "users",
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'",
+        )
+    )
+    for name, definition in SEED_INDEXES.items():
+        assert indexes[name] == definition
+    unique = query(
+        settings,
+        "users",
+        """SELECT tc.table_name, kcu.column_name FROM information_schema.table_constraints tc
+           JOIN information_schema.key_column_usage kcu USING (constraint_schema, constraint_name)
+           WHERE tc.constraint_type = 'UNIQUE' AND tc.table_schema = 'public'""",
+    )
+    assert sorted(unique) == [("categories", "name"), ("categories", "slug"), ("users", "username")]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_upgrades_at_once_both_succeed(backend: str, database_env: EnvFactory) -> None:
+    database = database_env(backend)
+    settings = settings_for(database)
+    env = {**os.environ, **database}
+    command = [sys.executable, "-m", "titanium", "db", "upgrade"]
+    runs = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    for run in runs:
+        out, err = run.communicate(timeout=60)
+        assert run.returncode == 0, err.decode()
+        assert b"blog: schema at 0002" in out
+    assert asyncio.run(current_revision(settings, "blog")) == "0002"

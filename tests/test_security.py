@@ -1,0 +1,205 @@
+"""Passwords, tokens and login throttling, against the running services."""
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from pathlib import Path
+
+import jwt
+import pytest
+import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
+
+from conftest import RunningStack, register, run_sql
+from titanium.db.tables import users
+from titanium.errors import RateLimited
+from titanium.security.passwords import hash_password, needs_rehash, verify_password
+from titanium.security.ratelimit import FailureLimiter
+
+
+def werkzeug_hash(password: str, salt: str = "Xy12Ab34", iterations: int = 260000) -> str:
+    """A hash exactly as werkzeug's generate_password_hash wrote it in the old system."""
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt.encode(), iterations).hex()
+    return f"pbkdf2:sha256:{iterations}${salt}${digest}"
+
+
+def test_old_werkzeug_hash_logs_in_and_is_upgraded_to_argon2id(live: RunningStack) -> None:
+    username = f"legacy_{uuid.uuid4().hex[:8]}"
+    old_hash = werkzeug_hash("old-secret-pw")
+    run_sql(
+        live.settings,
+        "users",
+        sa.insert(users).values(username=username, email="l@example.com", password_hash=old_hash),
+    )
+    wrong = live.client.post("/api/login", json={"username": username, "password": "nope-nope"})
+    assert wrong.status_code == 401
+    login = live.client.post("/api/login", json={"username": username, "password": "old-secret-pw"})
+    assert login.status_code == 200, login.text
+    stored = run_sql(
+        live.settings, "users", sa.select(users.c.password_hash).where(users.c.username == username)
+    )[0][0]
+    assert stored.startswith("$argon2id$")
+    again = live.client.post("/api/login", json={"username": username, "password": "old-secret-pw"})
+    assert again.status_code == 200
+
+
+def test_login_failure_looks_the_same_for_unknown_user_and_wrong_password(
+    live: RunningStack,
+) -> None:
+    user = register(live.client)
+    unknown = live.client.post(
+        "/api/login", json={"username": "ghost-user", "password": "whatever1"}
+    )
+    wrong = live.client.post(
+        "/api/login", json={"username": user["username"], "password": "bad-pw-1"}
+    )
+    assert unknown.status_code == wrong.status_code == 401
+    assert (
+        unknown.json()
+        == wrong.json()
+        == {
+            "status": "failed",
+            "message": "invalid username or password",
+        }
+    )
+
+
+def test_long_passwords_are_not_truncated(live: RunningStack) -> None:
+    password = "p" * 80 + "-tail-A"
+    user = register(live.client, password=password)
+    differs_after_72 = "p" * 80 + "-tail-B"
+    bad = live.client.post(
+        "/api/login", json={"username": user["username"], "password": differs_after_72}
+    )
+    assert bad.status_code == 401
+    short = live.client.post(
+        "/api/users",
+        json={"username": f"u{uuid.uuid4().hex[:8]}", "email": "s@ex.io", "password": "7chars!"},
+    )
+    assert short.status_code == 422
+
+
+def _public_pem(live: RunningStack) -> bytes:
+    return Path(live.env["JWT_PUBLIC_KEY_FILE"]).read_bytes()
+
+
+def _private_key(live: RunningStack):  # type: ignore[no-untyped-def]
+    return serialization.load_pem_private_key(
+        Path(live.env["JWT_PRIVATE_KEY_FILE"]).read_bytes(), password=None
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _claims(user: dict[str, object], **overrides: object) -> dict[str, object]:
+    now = int(time.time())
+    return {
+        "sub": str(user["id"]),
+        "username": user["username"],
+        "iat": now,
+        "exp": now + 600,
+        "iss": "titanium",
+        "aud": "titanium",
+        **overrides,
+    }
+
+
+def forged_tokens(live: RunningStack, user: dict[str, object]) -> dict[str, str]:
+    key = _private_key(live)
+    good = jwt.encode(_claims(user), key, algorithm="EdDSA")
+    header, payload, signature = good.split(".")
+    tampered_payload = _b64(json.dumps(_claims(user, username="admin")).encode())
+    unsigned = _b64(b'{"alg":"none","typ":"JWT"}') + "." + payload + "."
+    hs_header = _b64(b'{"alg":"HS256","typ":"JWT"}')
+    hs_signature = hmac.new(_public_pem(live), f"{hs_header}.{payload}".encode(), hashlib.sha256)
+    return {
+        "expired": jwt.encode(_claims(user, exp=int(time.time()) - 10), key, algorithm="EdDSA"),
+        "tampered": f"{header}.{tampered_payload}.{signature}",
+        "alg none": unsigned,
+        "HS256 with the public key": f"{hs_header}.{payload}.{_b64(hs_signature.digest())}",
+        "wrong audience": jwt.encode(_claims(user, aud="someone-else"), key, algorithm="EdDSA"),
+        "wrong issuer": jwt.encode(_claims(user, iss="evil"), key, algorithm="EdDSA"),
+        "garbage": "not-a-token",
+    }
+
+
+def test_forged_and_expired_tokens_are_401(live: RunningStack) -> None:
+    user = register(live.client)
+    valid = {"Authorization": f"Bearer {user['token']}"}
+    assert live.client.get("/api/users/me", headers=valid).status_code == 200
+    with live.service("auth") as auth:
+        verified = auth.get("/verify", headers=valid).json()
+        assert verified["status"] == "success"
+        assert verified["data"]["username"] == user["username"]
+        for kind, token in forged_tokens(live, user).items():
+            headers = {"Authorization": f"Bearer {token}"}
+            me = live.client.get("/api/users/me", headers=headers)
+            assert me.status_code == 401, kind
+            post = live.client.post(
+                "/blog/api/posts", json={"title": "t", "content": "c"}, headers=headers
+            )
+            assert post.status_code == 401, kind
+            check = auth.get("/verify", headers=headers)
+            assert check.status_code == 401, kind
+            assert check.json()["status"] == "failed"
+
+
+def test_login_is_throttled_per_username(live: RunningStack) -> None:
+    user = register(live.client)
+    for _ in range(5):
+        failed = live.client.post(
+            "/api/login", json={"username": user["username"], "password": "wrong-pw"}
+        )
+        assert failed.status_code == 401
+    blocked = live.client.post(
+        "/api/login", json={"username": user["username"], "password": user["password"]}
+    )
+    assert blocked.status_code == 429
+    assert int(blocked.headers["retry-after"]) >= 1
+    other = register(live.client)
+    assert other["token"]
+
+
+def test_login_is_throttled_per_client(live: RunningStack) -> None:
+    client_headers = {"X-Forwarded-For": f"203.0.113.{uuid.uuid4().int % 250}"}
+    with live.service("auth") as auth:
+        for attempt in range(50):
+            failed = auth.post(
+                "/api/login",
+                json={"username": f"nobody{attempt}", "password": "wrong-pw"},
+                headers=client_headers,
+            )
+            assert failed.status_code == 401
+        blocked = auth.post(
+            "/api/login", json={"username": "fresh-name", "password": "x"}, headers=client_headers
+        )
+        assert blocked.status_code == 429
+
+
+def test_failure_limiter_recovers_after_its_window() -> None:
+    limiter = FailureLimiter(max_failures=2, window_seconds=0.2)
+    limiter.record_failure("k")
+    limiter.check("k")
+    limiter.record_failure("k")
+    with pytest.raises(RateLimited):
+        limiter.check("k")
+    time.sleep(0.25)
+    limiter.check("k")
+
+
+def test_password_hashes() -> None:
+    hashed = hash_password("a" * 100)
+    assert hashed.startswith("$argon2id$")
+    assert verify_password("a" * 100, hashed)
+    assert not verify_password("a" * 99, hashed)
+    assert not needs_rehash(hashed)
+    old = werkzeug_hash("secret-1")
+    assert verify_password("secret-1", old)
+    assert not verify_password("secret-2", old)
+    assert needs_rehash(old)
+    assert not verify_password("secret-1", "pbkdf2:sha256:notanumber$salt$abc")
