@@ -29,6 +29,7 @@ db_app = typer.Typer(help="Schema migrations (Alembic), one history per data ser
 keys_app = typer.Typer(help="Token signing keys.")
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+# Sub-commands that live in their own packages are registered below, one line each.
 
 T = TypeVar("T")
 
