@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 TOOLS := .venv-tools
-CHECKOV_VERSION := 3.2.500
+CHECKOV_VERSION := 3.3.30
 
 .PHONY: install install-test install-tools run test lint bench clean
 
@@ -38,8 +38,8 @@ test: install-test install-tools
 	exit $$rc
 
 lint: install-test
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 bench: install-test

@@ -104,6 +104,17 @@ def test_own_profile(live: RunningStack) -> None:
     assert me.json()["email"] == f"{user['username']}@example.com"
 
 
+def test_deleting_an_account_ends_its_tokens(live: RunningStack) -> None:
+    user = register(live.client)
+    assert live.client.delete("/api/users/me", headers=user["headers"]).status_code == 204
+    assert live.client.get("/api/users/me", headers=user["headers"]).status_code == 401
+    assert live.client.get(f"/api/users/{user['username']}").status_code == 404
+    login = live.client.post(
+        "/api/login", json={"username": user["username"], "password": user["password"]}
+    )
+    assert login.status_code == 401
+
+
 def test_limits_of_the_schema_are_422_on_both_backends(live: RunningStack) -> None:
     user = register(live.client)
     cases = [

@@ -5,7 +5,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import anyio
-from fastapi import Depends, FastAPI, Request, status
+from fastapi import Depends, FastAPI, Request, Response, status
 
 from titanium.config import Settings
 from titanium.db.engine import Database
@@ -90,6 +90,17 @@ def _add_routes(app: FastAPI) -> None:
             # The account behind a still-valid token is gone.
             raise Unauthorized("the user of this token no longer exists")
         return user
+
+    @app.delete(
+        "/api/users/me",
+        status_code=status.HTTP_204_NO_CONTENT,
+        response_class=Response,
+        summary="Delete own account (posts stay, under the old name)",
+    )
+    async def delete_me(identity: CurrentIdentity, repo: Users) -> Response:
+        if not await repo.delete(identity.user_id):
+            raise Unauthorized("the user of this token no longer exists")
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     @app.get("/api/users/{username}", response_model=PublicProfile, summary="Public profile")
     async def profile(username: str, repo: Users) -> User:

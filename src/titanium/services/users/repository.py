@@ -73,6 +73,12 @@ class UserRepository:
                 sa.update(users).where(users.c.id == user_id).values(password_hash=password_hash)
             )
 
+    async def delete(self, user_id: int) -> bool:
+        """Delete a user; False when there was none."""
+        async with self.db.write() as conn:
+            result = await conn.execute(sa.delete(users).where(users.c.id == user_id))
+        return bool(result.rowcount)
+
     async def count(self) -> int:
         """Number of users."""
         async with self.db.read() as conn:
