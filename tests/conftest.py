@@ -6,8 +6,12 @@ and drops them at the end. No server means a failed run, never a skipped one.
 """
 
 import asyncio
+import contextlib
 import os
+import shutil
 import socket
+import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -205,3 +209,74 @@ def run_sql(settings: Settings, service: Any, statement: Any) -> list[Any]:
             await db.dispose()
 
     return asyncio.run(go())
+
+
+class PrivateServer:
+    """A PostgreSQL instance of this test run only: its own data directory, port and password."""
+
+    def __init__(self, root: Path, port: int, password: str) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.port = port
+        self.password = password
+        self.bin = (
+            Path("/usr/lib/postgresql") / sorted(os.listdir("/usr/lib/postgresql"))[-1] / "bin"
+        )
+
+    def _as_postgres(self, *command: str) -> subprocess.CompletedProcess[str]:
+        # initdb and pg_ctl refuse to run as root.
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        return subprocess.run(
+            [*prefix, *command], capture_output=True, text=True, timeout=60, check=True
+        )
+
+    def init(self) -> None:
+        """Create the cluster with password (scram) authentication."""
+        password_file = self.root / "pw"
+        password_file.write_text(self.password)
+        self._as_postgres(
+            str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
+            "--auth=scram-sha-256", f"--pwfile={password_file}",
+        )  # fmt: skip
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        self._as_postgres(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"),
+            "-o", options, "-w", "start",
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        """Stop the server (fast: open sessions are cut)."""
+        self._as_postgres(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"
+        )
+
+    def env(self, database: str = "postgres", password: str | None = None) -> dict[str, str]:
+        """Environment pointing a service at this server."""
+        return {
+            "USE_POSTGRES": "true",
+            "POSTGRES_HOST": "127.0.0.1",
+            "POSTGRES_PORT": str(self.port),
+            "POSTGRES_DB": database,
+            "POSTGRES_USER": "postgres",
+            "POSTGRES_PASSWORD": password or self.password,
+        }
+
+
+@pytest.fixture(scope="session")
+def private_postgres() -> Iterator[PrivateServer]:
+    """A PostgreSQL server the tests may stop, freeze or misconfigure at will."""
+    root = Path(tempfile.mkdtemp(prefix="titanium-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    server = PrivateServer(root, free_port(), uuid.uuid4().hex)
+    server.init()
+    server.start()
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            server.stop()
+        shutil.rmtree(root, ignore_errors=True)

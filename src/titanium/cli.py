@@ -211,6 +211,58 @@ def run(
         stack.stop()
 
 
+@app.command()
+def verify(
+    url: Annotated[str, typer.Argument(help="The gateway, e.g. http://127.0.0.1:8000")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 10.0,
+) -> None:
+    """Check a running deployment end to end: health, readiness and a full CRUD journey."""
+    from rich.console import Console
+
+    from titanium.ops.report import print_steps
+    from titanium.ops.verify import run_journey
+
+    steps = asyncio.run(run_journey(url, timeout))
+    print_steps(steps, json_output, Console(soft_wrap=True))
+    if not all(step.ok for step in steps):
+        raise typer.Exit(1)
+
+
+@app.command()
+def doctor(
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    namespace: Annotated[str, typer.Option(help="Kubernetes namespace.")] = "titanium-prod",
+    pod: Annotated[
+        str | None, typer.Option(help="Diagnose this pod's configuration (runs inside it).")
+    ] = None,
+    context: Annotated[
+        str | None, typer.Option(help="Fail unless kubectl's current context is this one.")
+    ] = None,
+    cluster: Annotated[
+        bool, typer.Option("--cluster/--no-cluster", help="Run kubectl checks.")
+    ] = True,
+) -> None:
+    """Diagnose configuration, database and cluster; each problem with its one-line fix."""
+    from rich.console import Console
+
+    from titanium.ops.checks import Status
+    from titanium.ops.doctor import diagnose, diagnose_pod
+    from titanium.ops.kubectl import Kubectl, cluster_checks
+    from titanium.ops.report import print_checks
+
+    kubectl = Kubectl()
+    if pod:
+        checks = diagnose_pod(kubectl, namespace, pod)
+    else:
+        checks = asyncio.run(diagnose(dict(os.environ)))
+    if cluster:
+        checks += cluster_checks(kubectl, namespace, context)
+    print_checks(checks, json_output, Console(soft_wrap=True))
+    if any(check.status is Status.FAIL for check in checks):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Entry point of the `titanium` command."""
     app()

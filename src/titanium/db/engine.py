@@ -107,13 +107,28 @@ async def translate_errors() -> AsyncIterator[None]:
         log.warning("database unavailable: %s", exc.orig)
         raise Unavailable("the database is unavailable") from exc
     except sa_exc.DBAPIError as exc:
-        if exc.connection_invalidated:
-            log.warning("database connection lost: %s", exc.orig)
+        if _is_unavailability(exc):
+            log.warning("database unavailable: %s", exc.orig)
             raise Unavailable("the database is unavailable") from exc
         raise
     except (OSError, TimeoutError) as exc:
         log.warning("database unreachable: %r", exc)
         raise Unavailable("the database is unavailable") from exc
+
+
+# SQLSTATE classes that mean "the server cannot serve you now", not "your query is wrong":
+# connection exception, insufficient resources, operator intervention (shutdown, starting up).
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57P")
+
+
+def _is_unavailability(exc: sa_exc.DBAPIError) -> bool:
+    # No statement means the failure happened while connecting: whatever the
+    # server said (database not accepting connections, too many clients), the
+    # database is unavailable, not the request wrong.
+    if exc.connection_invalidated or exc.statement is None:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
 
 
 class Database:

@@ -1,0 +1,1 @@
+"""Operations: `titanium verify` (a journey through a deployment) and `titanium doctor`."""
