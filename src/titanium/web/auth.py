@@ -10,9 +10,11 @@ from titanium.security.tokens import Identity, TokenVerifier
 
 # auto_error=False: a missing token is our Unauthorized (JSON body), not FastAPI's 403.
 _bearer = HTTPBearer(auto_error=False, description="A token from POST /api/login")
+# Dependencies here are `async def` on purpose: FastAPI runs plain `def`
+# dependencies in a thread pool, a thread hop on every request.
 
 
-def current_identity(
+async def current_identity(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Identity:

@@ -22,7 +22,7 @@ STATIC = pathlib.Path(__file__).parent / "static"
 PostIdPath = Annotated[int, Path(ge=1, le=2_147_483_647)]
 
 
-def _repository(request: Request) -> BlogRepository:
+async def _repository(request: Request) -> BlogRepository:
     return BlogRepository(request.app.state.db)
 
 

@@ -28,7 +28,7 @@ from titanium.web.service import install_common
 HASHING_CONCURRENCY = 2
 
 
-def _repository(request: Request) -> UserRepository:
+async def _repository(request: Request) -> UserRepository:
     return UserRepository(request.app.state.db)
 
 
