@@ -253,6 +253,40 @@ class PrivateServer:
             str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"
         )
 
+    def create_database(self) -> str:
+        """A new empty database on this server; returns its name."""
+        name = f"titanium_test_{uuid.uuid4().hex[:12]}"
+
+        async def create() -> None:
+            conn = await asyncpg.connect(
+                host="127.0.0.1", port=self.port, user="postgres", password=self.password
+            )
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await conn.close()
+
+        asyncio.run(create())
+        return name
+
+    def backend_pids(self, database: str) -> list[int]:
+        """Process ids of the server backends connected to `database`."""
+
+        async def query() -> list[int]:
+            conn = await asyncpg.connect(
+                host="127.0.0.1", port=self.port, user="postgres", password=self.password
+            )
+            try:
+                rows = await conn.fetch(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    database,
+                )
+            finally:
+                await conn.close()
+            return [row["pid"] for row in rows]
+
+        return asyncio.run(query())
+
     def env(self, database: str = "postgres", password: str | None = None) -> dict[str, str]:
         """Environment pointing a service at this server."""
         return {

@@ -68,8 +68,8 @@ class Settings(BaseSettings):
     login_failure_window_seconds: Annotated[int, Field(ge=1)] = 60
 
     db_pool_size: Annotated[int, Field(ge=1, le=100)] = 10
-    db_pool_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 3.0
-    db_statement_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
+    db_pool_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
+    db_statement_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 3.0
     db_connect_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 3.0
     sqlite_busy_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
 

@@ -47,7 +47,9 @@ class RequestContextMiddleware:
         try:
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-                # Refuse before reading a byte of the body.
+                # Answer before the app reads a byte. The server discards the rest of
+                # the body as it arrives (no buffering), so the client, which is still
+                # sending, gets to read this 413 instead of a reset connection.
                 await _send_json(send_with_id, 413, "request body too large")
             else:
                 await self.app(scope, self._limited(receive), send_with_id)
@@ -90,7 +92,6 @@ async def _send_json(send: Send, status: int, message: str) -> None:
     headers: list[Any] = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

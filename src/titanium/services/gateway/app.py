@@ -83,13 +83,32 @@ def _has_dot_segment(path: str) -> bool:
     return any(segment in (".", "..") for segment in path.split("/"))
 
 
-async def _request_body(request: Request) -> bytes | AsyncIterator[bytes] | None:
-    length = request.headers.get("content-length")
-    if length is None and "transfer-encoding" not in request.headers:
-        return None
-    if length is not None and length.isdigit() and int(length) <= BUFFER_LIMIT:
-        return await request.body()
-    return request.stream()
+class _Body:
+    """The request body to forward: whole when small, streamed otherwise.
+
+    A streamed body that crosses the size limit raises inside aiohttp's writer,
+    where it would surface as a 502; `refused` keeps the real answer (413).
+    """
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.refused: HTTPException | None = None
+
+    async def payload(self) -> bytes | AsyncIterator[bytes] | None:
+        headers = self.request.headers
+        length = headers.get("content-length")
+        if length is None and "transfer-encoding" not in headers:
+            return None
+        if length is not None and length.isdigit() and int(length) <= BUFFER_LIMIT:
+            return await self.request.body()
+        return self._stream()
+
+    async def _stream(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.request.stream():
+                yield chunk
+        except HTTPException as exc:
+            self.refused = exc
 
 
 async def proxy(request: Request, downstream: Downstream) -> Response:
@@ -99,32 +118,36 @@ async def proxy(request: Request, downstream: Downstream) -> Response:
     raw_path = request.scope.get("raw_path") or request.url.path.encode()
     query = request.scope.get("query_string", b"")
     target = raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+    body = _Body(request)
     try:
         upstream = await downstream.session.request(
             request.method,
             downstream.url(target),
             headers=_request_headers(request),
-            data=await _request_body(request),
+            data=await body.payload(),
             allow_redirects=False,
         )
-    except HTTPException:
-        raise
-    except aiohttp.ClientConnectorError as exc:
-        raise Unavailable(f"{downstream.name} is unavailable") from exc
+    except aiohttp.ClientError as exc:
+        if body.refused is not None:
+            raise body.refused from exc
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            raise Unavailable(f"{downstream.name} is unavailable") from exc
+        raise BadGateway(f"{downstream.name} failed to answer") from exc
     except TimeoutError as exc:
         raise UpstreamTimeout(f"{downstream.name} did not answer in time") from exc
-    except aiohttp.ClientError as exc:
-        raise BadGateway(f"{downstream.name} failed to answer") from exc
+    if body.refused is not None:
+        upstream.release()
+        raise body.refused
     headers = _response_headers(upstream)
     length = upstream.content_length
     if request.method == "HEAD" or (length is not None and length <= BUFFER_LIMIT):
         try:
-            body = await upstream.read()
+            content = await upstream.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise BadGateway(f"{downstream.name} failed to answer") from exc
         finally:
             upstream.release()
-        response = Response(body, upstream.status)
+        response = Response(content, upstream.status)
     else:
         response = StreamingResponse(
             upstream.content.iter_chunked(BUFFER_LIMIT),
