@@ -161,3 +161,29 @@ def test_two_upgrades_at_once_both_succeed(backend: str, database_env: EnvFactor
         assert run.returncode == 0, err.decode()
         assert b"blog: schema at 0002" in out
     assert asyncio.run(current_revision(settings, "blog")) == "0002"
+
+
+def test_readiness_accepts_a_newer_schema_but_not_an_older_one(database_env: EnvFactory) -> None:
+    from titanium.db.engine import Database
+    from titanium.db.migrations import check_schema
+    from titanium.errors import Unavailable
+
+    settings = settings_for(database_env("sqlite"))
+    asyncio.run(migrate(settings, "blog"))
+
+    async def readiness_at(revision: str) -> dict[str, str]:
+        db = Database(settings, "blog")
+        try:
+            async with db.write() as conn:
+                await conn.execute(
+                    text("UPDATE alembic_version_blog SET version_num = :r"), {"r": revision}
+                )
+            return await check_schema(db)
+        finally:
+            await db.dispose()
+
+    # The migration Job of the next release ran first: old pods keep serving.
+    assert asyncio.run(readiness_at("0003_next_release"))["schema"] == "ahead of code"
+    with pytest.raises(Unavailable, match="schema of blog is at 0001, expected 0002"):
+        asyncio.run(readiness_at("0001"))
+    assert asyncio.run(readiness_at("0002"))["schema_revision"] == "0002"

@@ -521,6 +521,17 @@ def test_postgresql_statefulset_is_hardened():
     assert resolve(one(claim["resources"])["requests"]["storage"], db) == "10Gi"
 
 
+def test_only_data_services_and_the_migration_reach_postgresql():
+    db = database()
+    [policy] = named(db, "kubernetes_network_policy_v1").values()
+    source = one(one(one(one(policy["spec"])["ingress"])["from"])["pod_selector"])
+    expression = one(source["match_expressions"])
+    assert expression["key"] == "app.kubernetes.io/name"
+    assert expression["operator"] == "In"
+    allowed = resolve(expression["values"], db)
+    assert sorted(allowed) == ["blog-service", "titanium-db-migrate", "user-service"]
+
+
 def test_local_path_storage_is_installed_by_default_on_solid_cloud():
     environment = load_config(ENVIRONMENT)
     install = resolve(

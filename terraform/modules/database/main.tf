@@ -330,9 +330,17 @@ resource "kubernetes_network_policy_v1" "postgresql" {
       match_labels = local.selector
     }
 
+    # Only the pods that own tables and the migration Job; the gateway and
+    # auth-service never talk to PostgreSQL.
     ingress {
       from {
-        pod_selector {}
+        pod_selector {
+          match_expressions {
+            key      = "app.kubernetes.io/name"
+            operator = "In"
+            values   = var.client_app_names
+          }
+        }
       }
 
       ports {

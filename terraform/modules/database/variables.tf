@@ -83,3 +83,14 @@ variable "resources" {
     limit_memory   = "1Gi"
   }
 }
+
+variable "client_app_names" {
+  type        = list(string)
+  description = "app.kubernetes.io/name labels of the pods allowed to connect to PostgreSQL."
+  default     = ["user-service", "blog-service", "titanium-db-migrate"]
+
+  validation {
+    condition     = length(var.client_app_names) > 0
+    error_message = "At least one client must be allowed, or nothing can use the database."
+  }
+}
