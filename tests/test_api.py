@@ -106,7 +106,18 @@ def test_own_profile(live: RunningStack) -> None:
 
 def test_deleting_an_account_ends_its_tokens(live: RunningStack) -> None:
     user = register(live.client)
+    post_id = new_post(live, user["headers"])["id"]
     assert live.client.delete("/api/users/me", headers=user["headers"]).status_code == 204
+    write = live.client.post(
+        "/blog/api/posts", json={"title": "t", "content": "c"}, headers=user["headers"]
+    )
+    assert write.status_code == 401
+    assert write.json()["message"] == "the user of this token no longer exists"
+    patch = live.client.patch(
+        f"/blog/api/posts/{post_id}", json={"title": "x"}, headers=user["headers"]
+    )
+    assert patch.status_code == 401
+    assert live.client.get(f"/blog/api/posts/{post_id}").status_code == 200
     assert live.client.get("/api/users/me", headers=user["headers"]).status_code == 401
     assert live.client.get(f"/api/users/{user['username']}").status_code == 404
     login = live.client.post(
@@ -209,6 +220,7 @@ def test_internal_routes_are_not_reachable_through_the_gateway(live: RunningStac
         "/api/users/../../internal/credentials",
         "/api/users/%2e%2e/%2e%2e/internal/credentials",
         "/blog/../internal/credentials",
+        "/api/users/../../internal/users/1",
     ]:
         response = live.client.post(path, json=body)
         assert response.status_code in (404, 405), (path, response.status_code)

@@ -15,7 +15,8 @@ from titanium.errors import Forbidden
 from titanium.security.tokens import TokenVerifier
 from titanium.services.blog.repository import DEFAULT_CATEGORY, BlogRepository, PostFilter
 from titanium.services.blog.schemas import Category, NewPost, Post, PostChanges, PostSummary
-from titanium.web.auth import CurrentIdentity
+from titanium.web.accounts import ActiveIdentity
+from titanium.web.client import open_downstream
 from titanium.web.service import install_common
 
 STATIC = pathlib.Path(__file__).parent / "static"
@@ -50,8 +51,14 @@ def create_app(settings: Settings) -> FastAPI:
     verifier = TokenVerifier(settings)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.users = open_downstream(
+            "user-service",
+            settings.user_service_url,
+            timeout_seconds=settings.upstream_timeout_seconds,
+        )
         yield
+        await app.state.users.close()
         await db.dispose()
 
     app = FastAPI(title="Titanium blog-service", version="1", lifespan=lifespan)
@@ -94,7 +101,7 @@ def _add_api(app: FastAPI) -> None:
         status_code=status.HTTP_201_CREATED,
         summary="Create a post",
     )
-    async def create_post(body: NewPost, identity: CurrentIdentity, repo: Blog) -> dict[str, Any]:
+    async def create_post(body: NewPost, identity: ActiveIdentity, repo: Blog) -> dict[str, Any]:
         category_id = await _category_id(repo, body.category_name, body.category_id)
         if category_id is None:
             category_id = await repo.category_for_name(DEFAULT_CATEGORY)
@@ -102,7 +109,7 @@ def _add_api(app: FastAPI) -> None:
 
     @app.patch("/blog/api/posts/{post_id}", response_model=Post, summary="Change a post")
     async def update_post(
-        post_id: PostIdPath, body: PostChanges, identity: CurrentIdentity, repo: Blog
+        post_id: PostIdPath, body: PostChanges, identity: ActiveIdentity, repo: Blog
     ) -> dict[str, Any]:
         await _own_post(repo, post_id, identity.username)
         changes: dict[str, Any] = body.model_dump(include={"title", "content"}, exclude_none=True)
@@ -117,7 +124,7 @@ def _add_api(app: FastAPI) -> None:
         response_class=Response,
         summary="Delete a post",
     )
-    async def delete_post(post_id: PostIdPath, identity: CurrentIdentity, repo: Blog) -> Response:
+    async def delete_post(post_id: PostIdPath, identity: ActiveIdentity, repo: Blog) -> Response:
         await _own_post(repo, post_id, identity.username)
         await repo.delete_post(post_id)
         return Response(status_code=status.HTTP_204_NO_CONTENT)

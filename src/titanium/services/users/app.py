@@ -5,7 +5,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import anyio
-from fastapi import Depends, FastAPI, Request, Response, status
+from fastapi import Depends, FastAPI, Path, Request, Response, status
 
 from titanium.config import Settings
 from titanium.db.engine import Database
@@ -105,6 +105,17 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/api/users/{username}", response_model=PublicProfile, summary="Public profile")
     async def profile(username: str, repo: Users) -> User:
         user = await repo.by_username(username)
+        if user is None:
+            raise NotFound("no such user")
+        return user
+
+    @app.get(
+        "/internal/users/{user_id}",
+        response_model=VerifiedUser,
+        summary="Does this account exist? (blog-service only; never routed by the gateway)",
+    )
+    async def account(user_id: Annotated[int, Path(ge=1, le=2_147_483_647)], repo: Users) -> User:
+        user = await repo.by_id(user_id)
         if user is None:
             raise NotFound("no such user")
         return user
