@@ -274,6 +274,22 @@ def test_errors_are_json_and_bodies_are_bounded(live: RunningStack) -> None:
     assert live.client.get("/health").status_code == 200
 
 
+def test_a_body_that_is_not_utf8_is_a_clear_400(live: RunningStack) -> None:
+    # Found by tests/test_fuzz.py (negative mode); kept as a regular test.
+    user = register(live.client)
+    for path, headers in [("/api/login", {}), ("/blog/api/posts", user["headers"])]:
+        response = live.client.post(
+            path,
+            content=b"b\xff\xfe\x13\xa7g",
+            headers={**headers, "content-type": "application/json"},
+        )
+        assert response.status_code == 400
+        assert response.json() == {
+            "status": "failed",
+            "message": "There was an error parsing the body",
+        }
+
+
 def test_blog_pages_are_served(live: RunningStack) -> None:
     page = live.client.get("/blog/")
     assert page.status_code == 200

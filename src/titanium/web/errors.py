@@ -6,9 +6,10 @@ stack traces, SQL or driver messages.
 """
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -28,6 +29,38 @@ from titanium.errors import (
 )
 
 log = logging.getLogger("titanium.errors")
+
+
+class FieldError(BaseModel):
+    """What is wrong with one field."""
+
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer."""
+
+    status: Literal["failed"]
+    message: str
+    errors: list[FieldError] | None = None
+
+
+# Documented on every operation, so clients and fuzzers know the error shape.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": description}
+    for code, description in [
+        (400, "Malformed request body (for example not UTF-8)"),
+        (401, "Missing, invalid or expired token"),
+        (403, "Not the author"),
+        (404, "Not found"),
+        (409, "Conflict with existing data"),
+        (413, "Request body too large"),
+        (422, "Invalid input"),
+        (429, "Too many attempts"),
+        (503, "A dependency is unavailable"),
+    ]
+}
 
 STATUS: dict[type[TitaniumError], int] = {
     InvalidInput: 422,

@@ -20,6 +20,7 @@ from titanium.security.tokens import TokenIssuer, TokenVerifier
 from titanium.services.users.schemas import PASSWORD_MAX
 from titanium.web.auth import CurrentIdentity
 from titanium.web.client import Downstream, forward_headers, open_downstream
+from titanium.web.errors import ERROR_RESPONSES
 from titanium.web.schemas import NoNul
 from titanium.web.service import install_common
 
@@ -93,7 +94,9 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         await app.state.users.close()
 
-    app = FastAPI(title="Titanium auth-service", version="1", lifespan=lifespan)
+    app = FastAPI(
+        title="Titanium auth-service", version="1", lifespan=lifespan, responses=ERROR_RESPONSES
+    )
     app.state.verifier = verifier
 
     async def ready(request: Request) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from titanium.services.blog.repository import DEFAULT_CATEGORY, BlogRepository, 
 from titanium.services.blog.schemas import Category, NewPost, Post, PostChanges, PostSummary
 from titanium.web.accounts import ActiveIdentity
 from titanium.web.client import open_downstream
+from titanium.web.errors import ERROR_RESPONSES
 from titanium.web.service import install_common
 
 STATIC = pathlib.Path(__file__).parent / "static"
@@ -61,7 +62,9 @@ def create_app(settings: Settings) -> FastAPI:
         await app.state.users.close()
         await db.dispose()
 
-    app = FastAPI(title="Titanium blog-service", version="1", lifespan=lifespan)
+    app = FastAPI(
+        title="Titanium blog-service", version="1", lifespan=lifespan, responses=ERROR_RESPONSES
+    )
     app.state.db = db
     app.state.verifier = verifier
 

@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from titanium.config import Settings
@@ -161,6 +161,37 @@ async def proxy(request: Request, downstream: Downstream) -> Response:
     return response
 
 
+def is_public(path: str) -> bool:
+    """True when the gateway routes `path` (an OpenAPI path template) to a service."""
+    return any(
+        path == route or path.startswith(route.removesuffix("{rest:path}"))
+        if route.endswith("{rest:path}")
+        else path == route
+        for route, _service in ROUTES
+    )
+
+
+async def public_openapi(downstreams: dict[str, Downstream]) -> dict[str, Any]:
+    """The public API: the services' OpenAPI documents, cut to the paths routed here."""
+    document: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": "Titanium API (through api-gateway)", "version": "1"},
+        "paths": {},
+        "components": {"schemas": {}, "securitySchemes": {}},
+    }
+    for downstream in downstreams.values():
+        async with downstream.session.get(downstream.url("/openapi.json")) as response:
+            if response.status != 200:
+                raise Unavailable(f"{downstream.name} has no OpenAPI document")
+            part = await response.json()
+        for path, operations in part.get("paths", {}).items():
+            if is_public(path):
+                document["paths"][path] = operations
+        for section in ("schemas", "securitySchemes"):
+            document["components"][section].update(part.get("components", {}).get(section, {}))
+    return document
+
+
 def _endpoint(name: str) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         return await proxy(request, request.app.state.downstreams[name])
@@ -182,6 +213,7 @@ def create_app(settings: Settings) -> Starlette:
             key: open_downstream(name, url, timeout_seconds=settings.upstream_timeout_seconds)
             for key, (name, url) in urls.items()
         }
+        app.state.openapi = None
         yield
         for downstream in app.state.downstreams.values():
             await downstream.close()
@@ -189,7 +221,19 @@ def create_app(settings: Settings) -> Starlette:
     async def home(_request: Request) -> Response:
         return RedirectResponse("/blog/")
 
-    routes = [Route("/", home, methods=["GET"])]
+    async def openapi(request: Request) -> Response:
+        # Built on first request (the services are up by then) and kept.
+        if request.app.state.openapi is None:
+            try:
+                request.app.state.openapi = await public_openapi(request.app.state.downstreams)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise Unavailable("a service did not give its OpenAPI document") from exc
+        return JSONResponse(request.app.state.openapi)
+
+    routes = [
+        Route("/", home, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
     routes += [Route(path, _endpoint(key), methods=METHODS) for path, key in ROUTES]
     app = Starlette(routes=routes, lifespan=lifespan)
 

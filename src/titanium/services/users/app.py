@@ -22,6 +22,7 @@ from titanium.services.users.schemas import (
     VerifiedUser,
 )
 from titanium.web.auth import CurrentIdentity
+from titanium.web.errors import ERROR_RESPONSES
 from titanium.web.service import install_common
 
 # Each argon2 hash takes 19 MiB for a few tens of ms; two at a time bounds memory.
@@ -51,7 +52,9 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         await db.dispose()
 
-    app = FastAPI(title="Titanium user-service", version="1", lifespan=lifespan)
+    app = FastAPI(
+        title="Titanium user-service", version="1", lifespan=lifespan, responses=ERROR_RESPONSES
+    )
     app.state.db = db
     app.state.verifier = verifier
 
