@@ -46,7 +46,13 @@ class RequestContextMiddleware:
 
         try:
             declared = headers.get(b"content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            if _has_nul(scope):
+                # PostgreSQL cannot store U+0000, so a path or query parameter holding
+                # one could only fail deeper down; refuse it here for every route.
+                await _send_json(send_with_id, 422, "NUL characters are not allowed in URLs")
+            elif (
+                declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes
+            ):
                 # Answer before the app reads a byte. The server discards the rest of
                 # the body as it arrives (no buffering), so the client, which is still
                 # sending, gets to read this 413 instead of a reset connection.
@@ -85,6 +91,11 @@ class RequestContextMiddleware:
             return message
 
         return receive_limited
+
+
+def _has_nul(scope: Scope) -> bool:
+    query: bytes = scope.get("query_string", b"")
+    return "\x00" in scope["path"] or b"%00" in query or b"\x00" in query
 
 
 async def _send_json(send: Send, status: int, message: str) -> None:
