@@ -42,8 +42,11 @@ lint: install-test
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Measurements, not tests: they print figures and append them to docs/benchmarks.md.
 bench: install-test
-	$(BIN)/python bench/http.py
+	command -v wrk >/dev/null || apt-get install -y wrk
+	$(BIN)/python bench/http_bench.py
+	$(BIN)/python bench/ui_paint.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) var .pytest_cache .mypy_cache .ruff_cache

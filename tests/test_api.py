@@ -187,7 +187,12 @@ def test_categories(live: RunningStack) -> None:
     ]
     author = register(live.client)
     by_id = new_post(live, author["headers"], category_id=2)
-    assert by_id["category"] == {"id": 2, "name": "Troubleshooting", "slug": "troubleshooting"}
+    assert by_id["category"] == {
+        "id": 2,
+        "name": "Troubleshooting",
+        "slug": "troubleshooting",
+        "color": "#ef4444",
+    }
     same_by_slug = new_post(live, author["headers"], category_name="test")
     assert same_by_slug["category"]["id"] == 3
     name = f"Cloud Native {uuid.uuid4().hex[:4]}"
@@ -288,6 +293,22 @@ def test_a_body_that_is_not_utf8_is_a_clear_400(live: RunningStack) -> None:
             "status": "failed",
             "message": "There was an error parsing the body",
         }
+
+
+def test_the_gateway_relays_headers_once_and_head_lengths(live: RunningStack) -> None:
+    response = live.client.get("/blog/api/posts")
+    assert len(response.headers.get_list("date")) == 1
+    assert len(response.headers.get_list("x-request-id")) == 1
+    head = live.client.head("/blog/")
+    assert int(head.headers["content-length"]) == len(live.client.get("/blog/").content)
+
+
+def test_validation_messages_read_plainly(live: RunningStack) -> None:
+    user = register(live.client)
+    response = live.client.post(
+        "/blog/api/posts", json={"title": " ", "content": "c"}, headers=user["headers"]
+    )
+    assert response.json()["errors"] == [{"field": "title", "message": "must not be empty"}]
 
 
 def test_blog_pages_are_served(live: RunningStack) -> None:

@@ -110,7 +110,10 @@ def _field_name(location: tuple[Any, ...]) -> str:
 async def _validation_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = [
-        {"field": _field_name(tuple(error["loc"])), "message": str(error["msg"])}
+        {
+            "field": _field_name(tuple(error["loc"])),
+            "message": str(error["msg"]).removeprefix("Value error, "),
+        }
         for error in exc.errors()
     ]
     first = errors[0] if errors else {"field": "request", "message": "invalid"}

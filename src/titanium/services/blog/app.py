@@ -1,12 +1,10 @@
 """blog-service: posts and categories API under /blog/api, and the web UI under /blog/."""
 
-import pathlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response, status
-from fastapi.responses import FileResponse, RedirectResponse
 
 from titanium.config import Settings
 from titanium.db.engine import Database
@@ -20,7 +18,6 @@ from titanium.web.client import open_downstream
 from titanium.web.errors import ERROR_RESPONSES
 from titanium.web.service import install_common
 
-STATIC = pathlib.Path(__file__).parent / "static"
 PostIdPath = Annotated[int, Path(ge=1, le=2_147_483_647)]
 
 
@@ -138,11 +135,7 @@ def _add_api(app: FastAPI) -> None:
 
 
 def _add_pages(app: FastAPI) -> None:
-    @app.get("/blog", include_in_schema=False)
-    async def blog_root() -> RedirectResponse:
-        return RedirectResponse("/blog/")
+    # The UI lives in pages.py (routes, asset hashing, security headers).
+    from titanium.services.blog.pages import add_pages
 
-    @app.get("/blog/", include_in_schema=False)
-    @app.get("/blog/posts/{post_id}", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
+    add_pages(app)

@@ -20,6 +20,7 @@ _category_columns = (
     categories.c.id.label("category_id"),
     categories.c.name.label("category_name"),
     categories.c.slug.label("category_slug"),
+    categories.c.color.label("category_color"),
 )
 _post_columns = (
     posts.c.id,
@@ -46,7 +47,12 @@ def excerpt(head: str) -> str:
 def _category(row: Any) -> dict[str, Any] | None:
     if row.category_id is None:
         return None
-    return {"id": row.category_id, "name": row.category_name, "slug": row.category_slug}
+    return {
+        "id": row.category_id,
+        "name": row.category_name,
+        "slug": row.category_slug,
+        "color": row.category_color,
+    }
 
 
 def _post(row: Any) -> dict[str, Any]:

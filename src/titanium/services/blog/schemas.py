@@ -40,17 +40,17 @@ class PostChanges(_CategoryChoice):
 
 
 class CategoryRef(BaseModel):
-    """A post's category."""
+    """A post's category (with its colour, so a list can draw badges in one request)."""
 
     id: int
     name: str
     slug: str
+    color: str
 
 
 class Category(CategoryRef):
-    """A category with its colour and number of posts."""
+    """A category with its number of posts."""
 
-    color: str
     post_count: int
 
 

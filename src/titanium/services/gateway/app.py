@@ -49,6 +49,8 @@ HOP_BY_HOP = {
 }
 # Set by the gateway itself; a client's values are replaced, never trusted.
 OWN_HEADERS = {"x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+# The gateway's own server writes these; relaying the service's would send them twice.
+SET_BY_GATEWAY = {"x-request-id", "date", "server"}
 # Bodies up to this size are passed whole (cheaper); larger or unknown ones stream.
 BUFFER_LIMIT = 64 * 1024
 READY_TIMEOUT_SECONDS = 2.0
@@ -73,7 +75,7 @@ def _response_headers(upstream: aiohttp.ClientResponse) -> list[tuple[bytes, byt
     return [
         (name.lower(), value)
         for name, value in upstream.raw_headers
-        if name.decode("latin-1").lower() not in HOP_BY_HOP | {"x-request-id"}
+        if name.decode("latin-1").lower() not in HOP_BY_HOP | SET_BY_GATEWAY
     ]
 
 
@@ -154,10 +156,12 @@ async def proxy(request: Request, downstream: Downstream) -> Response:
             upstream.status,
             background=BackgroundTask(upstream.release),
         )
-    response.raw_headers = [
-        *[(k, v) for k, v in response.raw_headers if k == b"content-length"],
-        *headers,
-    ]
+    if request.method == "HEAD" and length is not None:
+        # A HEAD answer has no body, but its length is the one a GET would have.
+        own_length = [(b"content-length", str(length).encode())]
+    else:
+        own_length = [(k, v) for k, v in response.raw_headers if k == b"content-length"]
+    response.raw_headers = [*own_length, *headers]
     return response
 
 

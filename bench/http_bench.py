@@ -1,0 +1,265 @@
+"""HTTP benchmark: the four services as real processes, measured with wrk.
+
+Seeds 100 users (through the API) and 10,000 posts, then for each backend runs
+wrk (-t2 -c64, 30 s by default) against the post list and a random post,
+through the gateway and directly on blog-service, plus a 90/10 read/write mix
+through the gateway. Prints requests/s, p50/p95/p99, errors and each service's
+peak RSS, and appends the run to docs/benchmarks.md.
+
+    make bench                      # both backends, 30 s per run
+    .venv/bin/python bench/http_bench.py --duration 10 --backend sqlite
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from titanium.config import Settings  # noqa: E402
+from titanium.db.engine import Database  # noqa: E402
+from titanium.db.migrations import SERVICES, migrate  # noqa: E402
+from titanium.db.tables import posts  # noqa: E402
+from titanium.runner import Stack  # noqa: E402
+from titanium.security.tokens import generate_key_pair  # noqa: E402
+
+ADMIN_URL = os.environ.get(
+    "TITANIUM_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+USERS, POSTS = 100, 10_000
+HERE = Path(__file__).parent
+
+
+def free_ports() -> dict[str, int]:
+    import socket
+
+    ports = {}
+    for name in ("gateway", "users", "auth", "blog"):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports[name] = probe.getsockname()[1]
+    return ports
+
+
+async def seed(settings: Settings, gateway: str) -> tuple[str, int]:
+    """100 users through the API, 10,000 posts in bulk; returns a token and the max id."""
+    names = [f"bench_{i:03d}_{uuid.uuid4().hex[:6]}" for i in range(USERS)]
+    async with httpx.AsyncClient(base_url=gateway, timeout=60) as client:
+        for name in names:
+            response = await client.post(
+                "/api/register",
+                json={"username": name, "email": f"{name}@example.com", "password": "benchmark-pw"},
+            )
+            response.raise_for_status()
+        login = await client.post(
+            "/api/login", json={"username": names[0], "password": "benchmark-pw"}
+        )
+        token = login.json()["token"]
+    start = datetime(2025, 10, 27)
+    rows = [
+        {
+            "title": f"Post {i}",
+            "content": ("Titanium 벤치마크 본문입니다. " * 40)[: 500 + i % 500],
+            "author": names[i % USERS],
+            "created_at": start + timedelta(seconds=i * 37),
+            "updated_at": start + timedelta(seconds=i * 37),
+            "category_id": 1 + i % 3,
+        }
+        for i in range(POSTS)
+    ]
+    db = Database(settings, "blog")
+    try:
+        async with db.write() as conn:
+            await conn.execute(sa.insert(posts), rows)
+            max_id = (await conn.execute(sa.select(sa.func.max(posts.c.id)))).scalar_one()
+    finally:
+        await db.dispose()
+    return token, int(max_id)
+
+
+def wrk(url: str, duration: int, script: str | None, env: dict[str, str]) -> dict[str, Any]:
+    # wrk runs one Lua state per thread; the report script is appended through a wrapper.
+    wrapper = HERE / f".wrk_{script or 'plain'}"
+    wrapper.write_text(
+        ((HERE / script).read_text() if script else "")
+        + "\n"
+        + (HERE / "wrk_report.lua").read_text()
+    )
+    try:
+        done = subprocess.run(
+            ["wrk", "-t2", "-c64", f"-d{duration}s", "--timeout", "10s", "-s", str(wrapper), url],
+            capture_output=True, text=True, env={**os.environ, **env},
+            timeout=duration + 60, check=True,
+        )  # fmt: skip
+    finally:
+        wrapper.unlink()
+    line = [text for text in done.stdout.splitlines() if text.startswith("{")][-1]
+    result: dict[str, Any] = json.loads(line)
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    result["errors"] = sum(result[k] for k in ("connect", "read", "write", "status", "timeout"))
+    return result
+
+
+def peak_rss_mb(stack: Stack) -> dict[str, float]:
+    peaks = {}
+    for name, process in stack.processes.items():
+        for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peaks[name] = int(line.split()[1]) / 1024
+    return peaks
+
+
+async def create_database() -> str:
+    name = f"titanium_bench_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(ADMIN_URL)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name
+
+
+async def drop_database(name: str) -> None:
+    conn = await asyncpg.connect(ADMIN_URL)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def run_backend(backend: str, duration: int, workdir: Path) -> dict[str, Any]:
+    private, public = generate_key_pair(workdir / "keys")
+    env = {
+        "JWT_PRIVATE_KEY_FILE": str(private),
+        "JWT_PUBLIC_KEY_FILE": str(public),
+        "LOG_LEVEL": "WARNING",
+    }
+    database = None
+    if backend == "postgresql":
+        from sqlalchemy.engine import make_url
+
+        admin = make_url(ADMIN_URL)
+        database = asyncio.run(create_database())
+        env |= {
+            "USE_POSTGRES": "true", "POSTGRES_HOST": admin.host or "127.0.0.1",
+            "POSTGRES_PORT": str(admin.port or 5432), "POSTGRES_DB": database,
+            "POSTGRES_USER": admin.username or "postgres",
+            "POSTGRES_PASSWORD": admin.password or "trust",
+        }  # fmt: skip
+    else:
+        env["DATA_DIR"] = str(workdir / "sqlite")
+    settings = Settings(**{key.lower(): value for key, value in env.items()})
+    for service in SERVICES:
+        asyncio.run(migrate(settings, service))
+    stack = Stack(
+        env={**os.environ, **env}, ports=free_ports(), log_dir=workdir / f"logs-{backend}"
+    )  # type: ignore[arg-type]
+    stack.start()
+    try:
+        token, max_id = asyncio.run(seed(settings, stack.url("gateway")))
+        gateway, blog = stack.url("gateway"), stack.url("blog")
+        runs = {
+            "list via gateway": (f"{gateway}/blog/api/posts?limit=20", None, {}),
+            "list direct": (f"{blog}/blog/api/posts?limit=20", None, {}),
+            "post via gateway": (gateway, "wrk_random_post.lua", {"MAX_ID": str(max_id)}),
+            "post direct": (blog, "wrk_random_post.lua", {"MAX_ID": str(max_id)}),
+            "90/10 mix via gateway": (gateway, "wrk_write_mix.lua", {"TOKEN": token}),
+        }
+        results = {}
+        for label, (url, script, extra) in runs.items():
+            results[label] = wrk(url, duration, script, extra)
+            r = results[label]
+            print(
+                f"{backend:<10} {label:<24} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.1f}  "
+                f"p95 {r['p95_ms']:6.1f}  p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}",
+                flush=True,
+            )
+        return {"runs": results, "rss_mb": peak_rss_mb(stack)}
+    finally:
+        stack.stop()
+        if database:
+            asyncio.run(drop_database(database))
+
+
+def machine() -> str:
+    memory = Path("/proc/meminfo").read_text().split()[1]
+    return f"{os.cpu_count()} cores, {int(memory) // 1024 // 1024} GiB RAM, {platform.machine()}"
+
+
+def commit() -> str:
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    )
+    return done.stdout.strip() or "unknown"
+
+
+def append_report(results: dict[str, dict[str, Any]], duration: int) -> None:
+    lines = [
+        f"\n### {datetime.now(UTC):%Y-%m-%d %H:%M} UTC — commit {commit()} — {machine()}\n",
+        f"`bench/http_bench.py`, wrk -t2 -c64 -d{duration}s, load generator on the same machine; "
+        f"{USERS} users, {POSTS} posts.\n",
+        "| backend | run | req/s | p50 ms | p95 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for backend, result in results.items():
+        for label, r in result["runs"].items():
+            lines.append(
+                f"| {backend} | {label} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
+                f"{r['p99_ms']:.1f} | {r['errors']} |"
+            )
+    lines.append("")
+    for backend, result in results.items():
+        rss = ", ".join(f"{name} {mb:.0f}" for name, mb in sorted(result["rss_mb"].items()))
+        lines.append(f"Peak RSS on {backend} (MB): {rss}.  ")
+    report = ROOT / "docs" / "benchmarks.md"
+    with report.open("a") as handle:
+        handle.write("\n".join(lines) + "\n")
+    print(f"appended to {report}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=int, default=30, help="seconds per wrk run")
+    parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument(
+        "--no-report", action="store_true", help="do not append to docs/benchmarks.md"
+    )
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench: wrk is missing; install it with `apt-get install -y wrk`")
+    backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    random.seed(7)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="titanium-bench-") as workdir:
+        for backend in backends:
+            started = time.monotonic()
+            results[backend] = run_backend(backend, args.duration, Path(workdir) / backend)
+            rss = ", ".join(
+                f"{n} {mb:.0f} MB" for n, mb in sorted(results[backend]["rss_mb"].items())
+            )
+            print(f"{backend:<10} peak RSS: {rss} ({time.monotonic() - started:.0f} s)", flush=True)
+    if not args.no_report:
+        append_report(results, args.duration)
+
+
+if __name__ == "__main__":
+    main()
