@@ -45,6 +45,11 @@ def create_engine(
             "pool_timeout": settings.db_pool_timeout_seconds,
             "pool_pre_ping": not is_sqlite(url),
         }
+    if role == "read":
+        # Reads run in autocommit: no BEGIN/ROLLBACK round trips around each page.
+        # The list's count and page may then see different snapshots under
+        # concurrent writes, which X-Total-Count can live with.
+        pool["isolation_level"] = "AUTOCOMMIT"
     if is_sqlite(url):
         assert url.database is not None
         settings.sqlite_path(service).parent.mkdir(parents=True, exist_ok=True)
@@ -77,20 +82,19 @@ def _configure_sqlite(engine: AsyncEngine, settings: Settings, role: str) -> Non
         if role != "migrate":
             cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
-        if role != "migrate":
+        if role == "write":
             # Take transaction control from the driver so BEGIN is ours to choose.
             dbapi_connection.isolation_level = None
 
-    if role == "migrate":
+    if role != "write":
         return
+
     # A deferred transaction that later writes can fail with "database is locked"
     # without waiting; BEGIN IMMEDIATE takes the write lock up front and waits
     # up to busy_timeout for it.
-    begin = "BEGIN IMMEDIATE" if role == "write" else "BEGIN"
-
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql(begin)
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 @asynccontextmanager
@@ -145,9 +149,8 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection in a read transaction (one consistent snapshot)."""
+        """A connection for reads, in autocommit (each statement its own snapshot)."""
         async with translate_errors(), self._reader.connect() as conn:
-            await conn.begin()
             yield conn
 
     @asynccontextmanager
