@@ -278,7 +278,8 @@ class PrivateServer:
             )
             try:
                 rows = await conn.fetch(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    "SELECT pid FROM pg_stat_activity "
+                    "WHERE datname = $1 AND pid <> pg_backend_pid()",
                     database,
                 )
             finally:

@@ -254,7 +254,8 @@ def test_pool_exhaustion_is_a_bounded_wait_then_503(
             await locker.execute("LOCK TABLE posts IN ACCESS EXCLUSIVE MODE")
             started = time.monotonic()
             async with httpx.AsyncClient(base_url=gateway, timeout=30) as client:
-                requests = [client.get("/blog/api/posts") for _ in range(40)]
+                # Distinct pages, so no answer can come from blog-service's cache.
+                requests = [client.get("/blog/api/posts", params={"offset": i}) for i in range(40)]
                 gathered = asyncio.gather(*requests, return_exceptions=True)
                 await asyncio.sleep(1.5)
                 peak = await watcher.fetchval(

@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     db_connect_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 3.0
     sqlite_busy_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
 
+    blog_cache_entries: Annotated[int, Field(ge=0, le=100_000)] = 1024
+
     upstream_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

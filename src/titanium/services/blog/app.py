@@ -1,16 +1,18 @@
 """blog-service: posts and categories API under /blog/api, and the web UI under /blog/."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response, status
+from pydantic import TypeAdapter
 
 from titanium.config import Settings
 from titanium.db.engine import Database
 from titanium.db.migrations import check_schema
 from titanium.errors import Forbidden
 from titanium.security.tokens import TokenVerifier
+from titanium.services.blog.cache import Cached, ChangeListener, ResponseCache
 from titanium.services.blog.repository import DEFAULT_CATEGORY, BlogRepository, PostFilter
 from titanium.services.blog.schemas import Category, NewPost, Post, PostChanges, PostSummary
 from titanium.web.accounts import ActiveIdentity
@@ -18,6 +20,11 @@ from titanium.web.client import open_downstream
 from titanium.web.errors import ERROR_RESPONSES
 from titanium.web.service import install_common
 
+# Responses are serialised here (validated against the documented models), so a
+# cached body is exactly what a fresh read would send.
+_SUMMARIES = TypeAdapter(list[PostSummary])
+_POST = TypeAdapter(Post)
+_CATEGORIES = TypeAdapter(list[Category])
 PostIdPath = Annotated[int, Path(ge=1, le=2_147_483_647)]
 
 
@@ -48,6 +55,10 @@ def create_app(settings: Settings) -> FastAPI:
     db = Database(settings, "blog")
     verifier = TokenVerifier(settings)
 
+    cache = ResponseCache(settings.blog_cache_entries)
+    # SQLite has no change notifications, so the cache stays off there.
+    listener = ChangeListener(settings, cache) if db.backend == "postgresql" else None
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.users = open_downstream(
@@ -55,7 +66,11 @@ def create_app(settings: Settings) -> FastAPI:
             settings.user_service_url,
             timeout_seconds=settings.upstream_timeout_seconds,
         )
+        if listener is not None and settings.blog_cache_entries:
+            listener.start()
         yield
+        if listener is not None:
+            await listener.stop()
         await app.state.users.close()
         await db.dispose()
 
@@ -64,6 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.db = db
     app.state.verifier = verifier
+    app.state.cache = cache
 
     async def ready(_request: Request) -> dict[str, Any]:
         return await check_schema(db)
@@ -77,23 +93,51 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
+async def _cached(
+    request: Request,
+    key: Hashable,
+    load: Callable[[], Awaitable[tuple[bytes, dict[str, str]]]],
+) -> Response:
+    cache: ResponseCache = request.app.state.cache
+    hit = cache.get(key)
+    if hit is None:
+        generation = cache.generation
+        body, headers = await load()
+        hit = Cached(body, headers)
+        cache.put(key, generation, hit)
+    return Response(hit.body, media_type="application/json", headers=hit.headers)
+
+
+def _changed(request: Request) -> None:
+    # Our own write: forget at once, so this client reads what it just wrote.
+    request.app.state.cache.invalidate()
+
+
 def _add_api(app: FastAPI) -> None:
     @app.get("/blog/api/posts", response_model=list[PostSummary], summary="List posts")
     async def list_posts(
+        request: Request,
         repo: Blog,
-        response: Response,
         offset: Annotated[int, Query(ge=0, le=2_147_483_647)] = 0,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
         category: Annotated[str | None, Query(max_length=50, description="slug")] = None,
         author: Annotated[str | None, Query(max_length=100)] = None,
-    ) -> list[dict[str, Any]]:
-        items, total = await repo.list_posts(PostFilter(category, author), offset, limit)
-        response.headers["X-Total-Count"] = str(total)
-        return items
+    ) -> Response:
+        async def load() -> tuple[bytes, dict[str, str]]:
+            items, total = await repo.list_posts(PostFilter(category, author), offset, limit)
+            return _SUMMARIES.dump_json(_SUMMARIES.validate_python(items)), {
+                "X-Total-Count": str(total)
+            }
+
+        return await _cached(request, ("list", offset, limit, category, author), load)
 
     @app.get("/blog/api/posts/{post_id}", response_model=Post, summary="Read a post")
-    async def get_post(post_id: PostIdPath, repo: Blog) -> dict[str, Any]:
-        return await repo.get_post(post_id)
+    async def get_post(request: Request, post_id: PostIdPath, repo: Blog) -> Response:
+        async def load() -> tuple[bytes, dict[str, str]]:
+            post = await repo.get_post(post_id)
+            return _POST.dump_json(_POST.validate_python(post)), {}
+
+        return await _cached(request, ("post", post_id), load)
 
     @app.post(
         "/blog/api/posts",
@@ -101,22 +145,34 @@ def _add_api(app: FastAPI) -> None:
         status_code=status.HTTP_201_CREATED,
         summary="Create a post",
     )
-    async def create_post(body: NewPost, identity: ActiveIdentity, repo: Blog) -> dict[str, Any]:
-        category_id = await _category_id(repo, body.category_name, body.category_id)
-        if category_id is None:
-            category_id = await repo.category_for_name(DEFAULT_CATEGORY)
-        return await repo.create_post(identity.username, body.title, body.content, category_id)
+    async def create_post(
+        request: Request, body: NewPost, identity: ActiveIdentity, repo: Blog
+    ) -> dict[str, Any]:
+        try:
+            category_id = await _category_id(repo, body.category_name, body.category_id)
+            if category_id is None:
+                category_id = await repo.category_for_name(DEFAULT_CATEGORY)
+            return await repo.create_post(identity.username, body.title, body.content, category_id)
+        finally:
+            _changed(request)
 
     @app.patch("/blog/api/posts/{post_id}", response_model=Post, summary="Change a post")
     async def update_post(
-        post_id: PostIdPath, body: PostChanges, identity: ActiveIdentity, repo: Blog
+        request: Request,
+        post_id: PostIdPath,
+        body: PostChanges,
+        identity: ActiveIdentity,
+        repo: Blog,
     ) -> dict[str, Any]:
         await _own_post(repo, post_id, identity.username)
         changes: dict[str, Any] = body.model_dump(include={"title", "content"}, exclude_none=True)
-        category_id = await _category_id(repo, body.category_name, body.category_id)
-        if category_id is not None:
-            changes["category_id"] = category_id
-        return await repo.update_post(post_id, changes)
+        try:
+            category_id = await _category_id(repo, body.category_name, body.category_id)
+            if category_id is not None:
+                changes["category_id"] = category_id
+            return await repo.update_post(post_id, changes)
+        finally:
+            _changed(request)
 
     @app.delete(
         "/blog/api/posts/{post_id}",
@@ -124,14 +180,23 @@ def _add_api(app: FastAPI) -> None:
         response_class=Response,
         summary="Delete a post",
     )
-    async def delete_post(post_id: PostIdPath, identity: ActiveIdentity, repo: Blog) -> Response:
+    async def delete_post(
+        request: Request, post_id: PostIdPath, identity: ActiveIdentity, repo: Blog
+    ) -> Response:
         await _own_post(repo, post_id, identity.username)
-        await repo.delete_post(post_id)
+        try:
+            await repo.delete_post(post_id)
+        finally:
+            _changed(request)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     @app.get("/blog/api/categories", response_model=list[Category], summary="List categories")
-    async def list_categories(repo: Blog) -> list[dict[str, Any]]:
-        return await repo.list_categories()
+    async def list_categories(request: Request, repo: Blog) -> Response:
+        async def load() -> tuple[bytes, dict[str, str]]:
+            found = await repo.list_categories()
+            return _CATEGORIES.dump_json(_CATEGORIES.validate_python(found)), {}
+
+        return await _cached(request, ("categories",), load)
 
 
 def _add_pages(app: FastAPI) -> None:

@@ -1,0 +1,128 @@
+"""A cache of blog-service's serialised reads that is never stale after a write.
+
+Only on PostgreSQL, and only while this process LISTENs on `titanium_blog`:
+triggers (blog revision 0003) announce every change to posts and categories,
+whoever makes it, and each announcement empties the cache. Without a live
+listener the cache answers nothing, so correctness never depends on it. A write
+through this process also empties it at once, so a client reads its own writes;
+another replica sees the change when the notification arrives (milliseconds). If
+the LISTEN connection dies silently, the health query notices within about 4 s.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import asyncpg
+
+from titanium.config import Settings
+
+log = logging.getLogger(__name__)
+CHANNEL = "titanium_blog"
+HEALTH_INTERVAL_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Cached:
+    """A response body and the headers that go with it."""
+
+    body: bytes
+    headers: dict[str, str]
+
+
+class ResponseCache:
+    """Bounded LRU of responses, emptied on every change; off while not live."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self.generation = 0
+        self.live = False
+        self._entries: OrderedDict[Hashable, Cached] = OrderedDict()
+
+    def get(self, key: Hashable) -> Cached | None:
+        """The cached response, or None."""
+        if not self.live:
+            return None
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+        return found
+
+    def put(self, key: Hashable, generation: int, value: Cached) -> None:
+        """Store a response read while the cache was at `generation`."""
+        # A change that landed while the response was being read makes it suspect.
+        if not self.live or generation != self.generation or self.max_entries == 0:
+            return
+        self._entries[key] = value
+        if len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def invalidate(self) -> None:
+        """Forget everything (the data changed)."""
+        self.generation += 1
+        self._entries.clear()
+
+    def set_live(self, live: bool) -> None:
+        """Turn the cache on or off; both directions start empty."""
+        self.invalidate()
+        self.live = live
+
+
+class ChangeListener:
+    """Holds the LISTEN connection; the cache is live only while it is healthy."""
+
+    def __init__(self, settings: Settings, cache: ResponseCache) -> None:
+        self.settings = settings
+        self.cache = cache
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start listening in the background."""
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop listening; the cache goes off."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.cache.set_live(False)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._listen()
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("cache listener lost (%r); cache off until it is back", exc)
+            self.cache.set_live(False)
+            await asyncio.sleep(1)
+
+    async def _listen(self) -> None:
+        s = self.settings
+        password = s.postgres_password.get_secret_value() if s.postgres_password else None
+        conn = await asyncpg.connect(
+            host=s.postgres_host, port=s.postgres_port, user=s.postgres_user,
+            password=password, database=s.postgres_db, timeout=s.db_connect_timeout_seconds,
+            server_settings={"application_name": "titanium-blog-listener"},
+        )  # fmt: skip
+        try:
+            # A closed connection turns the cache off at once; one that silently
+            # hangs is caught by the health query below, within two intervals.
+            conn.add_termination_listener(lambda _conn: self.cache.set_live(False))
+            await conn.add_listener(CHANNEL, self._changed)
+            self.cache.set_live(True)
+            while True:
+                await asyncio.sleep(HEALTH_INTERVAL_SECONDS)
+                # A frozen or partitioned server sends no notifications either:
+                # only a connection that answers keeps the cache on.
+                await conn.execute("SELECT 1", timeout=HEALTH_INTERVAL_SECONDS)
+        finally:
+            self.cache.set_live(False)
+            # terminate(), not close(): a frozen server would never answer a goodbye.
+            conn.terminate()
+
+    def _changed(self, *_args: object) -> None:
+        self.cache.invalidate()

@@ -1,0 +1,123 @@
+"""blog-service's response cache on PostgreSQL is never stale after a write, from anywhere."""
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import asyncpg
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from conftest import ADMIN_URL, RunningStack, free_port, register, run_sql
+from titanium.db.tables import posts
+from titanium.runner import wait_until_ready
+
+pytestmark = pytest.mark.parametrize("live", ["postgresql"], indirect=True)
+
+
+@pytest.fixture
+def second_blog(live: RunningStack) -> Iterator[str]:
+    """Another blog-service replica on the same database."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "titanium", "serve", "blog", "--port", str(port)],
+        env=live.stack.child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}/ready", process, 30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(15)
+
+
+def titles(base: str, author: str) -> list[str]:
+    answer = httpx.get(f"{base}/blog/api/posts", params={"author": author})
+    return [post["title"] for post in answer.json()]
+
+
+def eventually(check: "callable[[], bool]", seconds: float = 2.0) -> bool:  # type: ignore[valid-type]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_write_through_one_replica_reaches_the_other(
+    live: RunningStack, second_blog: str
+) -> None:
+    user = register(live.client)
+    assert titles(second_blog, user["username"]) == []  # now cached as empty there
+    created = live.client.post(
+        "/blog/api/posts", json={"title": "fresh", "content": "c"}, headers=user["headers"]
+    )
+    assert created.status_code == 201
+    # The writing replica answers with the change at once (read your writes) ...
+    assert titles(live.stack.url("blog"), user["username"]) == ["fresh"]
+    # ... and the other one as soon as PostgreSQL's notification arrives.
+    assert eventually(lambda: titles(second_blog, user["username"]) == ["fresh"])
+
+
+def test_a_write_outside_the_api_empties_the_cache(live: RunningStack) -> None:
+    user = register(live.client)
+    post_id = live.client.post(
+        "/blog/api/posts", json={"title": "before", "content": "c"}, headers=user["headers"]
+    ).json()["id"]
+    blog = live.stack.url("blog")
+    assert httpx.get(f"{blog}/blog/api/posts/{post_id}").json()["title"] == "before"
+    run_sql(
+        live.settings, "blog", sa.update(posts).where(posts.c.id == post_id).values(title="psql")
+    )
+    assert eventually(
+        lambda: httpx.get(f"{blog}/blog/api/posts/{post_id}").json()["title"] == "psql"
+    )
+
+
+def test_without_its_listener_the_cache_answers_nothing(live: RunningStack) -> None:
+    user = register(live.client)
+    post_id = live.client.post(
+        "/blog/api/posts", json={"title": "one", "content": "c"}, headers=user["headers"]
+    ).json()["id"]
+    blog = live.stack.url("blog")
+    database = live.env["POSTGRES_DB"]
+
+    async def kill_listener() -> int:
+        conn = await asyncpg.connect(ADMIN_URL)
+        try:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = $1 AND application_name = 'titanium-blog-listener'",
+                    database,
+                )
+            )
+        finally:
+            await conn.close()
+
+    async def count_listeners() -> int:
+        conn = await asyncpg.connect(ADMIN_URL)
+        try:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = $1 AND application_name = 'titanium-blog-listener'",
+                    database,
+                )
+            )
+        finally:
+            await conn.close()
+
+    assert httpx.get(f"{blog}/blog/api/posts/{post_id}").json()["title"] == "one"
+    assert asyncio.run(kill_listener()) == 1
+    # Immediately: a change the dead listener can no longer hear is still served.
+    run_sql(
+        live.settings, "blog", sa.update(posts).where(posts.c.id == post_id).values(title="two")
+    )
+    assert httpx.get(f"{blog}/blog/api/posts/{post_id}").json()["title"] == "two"
