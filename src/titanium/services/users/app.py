@@ -25,8 +25,9 @@ from titanium.web.auth import CurrentIdentity
 from titanium.web.errors import ERROR_RESPONSES
 from titanium.web.service import install_common
 
-# Each argon2 hash takes 19 MiB for a few tens of ms; two at a time bounds memory.
-HASHING_CONCURRENCY = 2
+# Each argon2 hash takes 19 MiB for a few tens of ms; one at a time keeps the
+# process under its 120 MB budget (more logins per second come from more replicas).
+HASHING_CONCURRENCY = 1
 
 
 async def _repository(request: Request) -> UserRepository:
