@@ -13,7 +13,6 @@ from typing import Any
 import aiohttp
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -85,32 +84,20 @@ def _has_dot_segment(path: str) -> bool:
     return any(segment in (".", "..") for segment in path.split("/"))
 
 
-class _Body:
-    """The request body to forward: whole when small, streamed otherwise.
+async def _request_body(request: Request) -> bytes | AsyncIterator[bytes] | None:
+    """The body to forward: streamed when large and of declared length, else read whole.
 
-    A streamed body that crosses the size limit raises inside aiohttp's writer,
-    where it would surface as a 502; `refused` keeps the real answer (413).
+    A chunked body's size is unknown until it is read, so it is read here, where
+    the size limit answers 413; streamed on, an oversized one would surface as a
+    broken upstream connection (502), racing the upstream's own answer. A declared
+    length was already checked against the limit.
     """
-
-    def __init__(self, request: Request) -> None:
-        self.request = request
-        self.refused: HTTPException | None = None
-
-    async def payload(self) -> bytes | AsyncIterator[bytes] | None:
-        headers = self.request.headers
-        length = headers.get("content-length")
-        if length is None and "transfer-encoding" not in headers:
-            return None
-        if length is not None and length.isdigit() and int(length) <= BUFFER_LIMIT:
-            return await self.request.body()
-        return self._stream()
-
-    async def _stream(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self.request.stream():
-                yield chunk
-        except HTTPException as exc:
-            self.refused = exc
+    length = request.headers.get("content-length")
+    if length is None and "transfer-encoding" not in request.headers:
+        return None
+    if length is None or not length.isdigit() or int(length) <= BUFFER_LIMIT:
+        return await request.body()
+    return request.stream()
 
 
 async def proxy(request: Request, downstream: Downstream) -> Response:
@@ -120,26 +107,21 @@ async def proxy(request: Request, downstream: Downstream) -> Response:
     raw_path = request.scope.get("raw_path") or request.url.path.encode()
     query = request.scope.get("query_string", b"")
     target = raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
-    body = _Body(request)
+    body = await _request_body(request)
     try:
         upstream = await downstream.session.request(
             request.method,
             downstream.url(target),
             headers=_request_headers(request),
-            data=await body.payload(),
+            data=body,
             allow_redirects=False,
         )
+    except aiohttp.ClientConnectorError as exc:
+        raise Unavailable(f"{downstream.name} is unavailable") from exc
     except aiohttp.ClientError as exc:
-        if body.refused is not None:
-            raise body.refused from exc
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            raise Unavailable(f"{downstream.name} is unavailable") from exc
         raise BadGateway(f"{downstream.name} failed to answer") from exc
     except TimeoutError as exc:
         raise UpstreamTimeout(f"{downstream.name} did not answer in time") from exc
-    if body.refused is not None:
-        upstream.release()
-        raise body.refused
     headers = _response_headers(upstream)
     length = upstream.content_length
     if request.method == "HEAD" or (length is not None and length <= BUFFER_LIMIT):
