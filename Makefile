@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TOOLS := .venv-tools
 CHECKOV_VERSION := 3.3.30
 
-.PHONY: install install-test install-tools run test lint bench clean
+.PHONY: install install-test install-tools run test lint bench bench-migrate clean
 
 install: $(BIN)/titanium
 
@@ -47,6 +47,11 @@ bench: install-test
 	command -v wrk >/dev/null || apt-get install -y wrk
 	$(BIN)/python bench/http_bench.py
 	$(BIN)/python bench/ui_paint.py
+
+# Generates ~2.6 GB of SQLite under var/bench (kept for re-runs); needs pgloader.
+bench-migrate: install-test
+	command -v pgloader >/dev/null || apt-get install -y pgloader
+	$(BIN)/python bench/migrate.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) var .pytest_cache .mypy_cache .ruff_cache

@@ -17,6 +17,7 @@ import typer
 
 from titanium.config import DataService, ServiceName, Settings, load_settings
 from titanium.errors import ConfigError, TitaniumError
+from titanium.migrate.cli import app as migrate_app
 from titanium.services.registry import DISPLAY_NAMES, PORTS
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ keys_app = typer.Typer(help="Token signing keys.")
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 # Sub-commands that live in their own packages are registered below, one line each.
+app.add_typer(migrate_app, name="migrate")
 
 T = TypeVar("T")
 
