@@ -253,14 +253,22 @@ class PrivateServer:
             str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"
         )
 
+    async def connect(self, database: str = "postgres") -> asyncpg.Connection:
+        """An admin connection to one of this server's databases."""
+        return await asyncpg.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user="postgres",
+            password=self.password,
+            database=database,
+        )
+
     def create_database(self) -> str:
         """A new empty database on this server; returns its name."""
         name = f"titanium_test_{uuid.uuid4().hex[:12]}"
 
         async def create() -> None:
-            conn = await asyncpg.connect(
-                host="127.0.0.1", port=self.port, user="postgres", password=self.password
-            )
+            conn = await self.connect()
             try:
                 await conn.execute(f'CREATE DATABASE "{name}"')
             finally:
@@ -273,9 +281,7 @@ class PrivateServer:
         """Process ids of the server backends connected to `database`."""
 
         async def query() -> list[int]:
-            conn = await asyncpg.connect(
-                host="127.0.0.1", port=self.port, user="postgres", password=self.password
-            )
+            conn = await self.connect()
             try:
                 rows = await conn.fetch(
                     "SELECT pid FROM pg_stat_activity "

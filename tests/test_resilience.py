@@ -237,16 +237,8 @@ def test_pool_exhaustion_is_a_bounded_wait_then_503(
     database = pg_stack.env["POSTGRES_DB"]
 
     async def scenario() -> tuple[list[httpx.Response | Exception], float, int]:
-        import asyncpg
-
-        locker = await asyncpg.connect(
-            host="127.0.0.1", port=private_postgres.port, user="postgres",
-            password=private_postgres.password, database=database,
-        )  # fmt: skip
-        watcher = await asyncpg.connect(
-            host="127.0.0.1", port=private_postgres.port, user="postgres",
-            password=private_postgres.password, database=database,
-        )  # fmt: skip
+        locker = await private_postgres.connect(database)
+        watcher = await private_postgres.connect(database)
         try:
             # Every query on posts now waits: requests hold their connections.
             transaction = locker.transaction()
