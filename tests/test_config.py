@@ -72,3 +72,10 @@ def test_database_path_overrides_the_default() -> None:
     settings = Settings(database_path="/data/app.db")
     assert str(settings.sqlite_path("users")) == "/data/app.db"
     assert str(Settings(data_dir="/srv").sqlite_path("users")) == "/srv/users.db"
+
+
+def test_malloc_tuning_applies_on_glibc() -> None:
+    # This machine's C library is glibc; a wrong option number or library makes it False.
+    from titanium.memory import tune_malloc
+
+    assert tune_malloc() is True

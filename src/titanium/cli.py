@@ -83,8 +83,10 @@ def serve(
     import uvicorn
 
     from titanium.logs import configure_logging
+    from titanium.memory import tune_malloc
     from titanium.services.registry import app_factory
 
+    tune_malloc()  # before any thread exists: the arena cap applies to new threads
     name: ServiceName = service.value
     settings = _settings()
     configure_logging(settings.log_level, DISPLAY_NAMES[name])

@@ -20,6 +20,7 @@ from titanium.config import DataService, Settings
 from titanium.errors import Conflict, Unavailable
 
 log = logging.getLogger(__name__)
+SQLITE_READERS = 4
 
 
 def is_sqlite(url: URL) -> bool:
@@ -37,8 +38,11 @@ def create_engine(
         pool = {"poolclass": NullPool}
     else:
         # SQLite has one writer at a time: one write connection per process queues
-        # writers in-process instead of letting them fight over the file lock.
-        size = 1 if is_sqlite(url) and role == "write" else settings.db_pool_size
+        # writers in-process instead of letting them fight over the file lock. Its
+        # readers each hold a thread and a page cache; four keep both cores busy.
+        size = settings.db_pool_size
+        if is_sqlite(url):
+            size = 1 if role == "write" else min(size, SQLITE_READERS)
         pool = {
             "pool_size": size,
             "max_overflow": 0,

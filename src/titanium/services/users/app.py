@@ -25,7 +25,7 @@ from titanium.web.auth import CurrentIdentity
 from titanium.web.errors import ERROR_RESPONSES
 from titanium.web.service import install_common
 
-# Each argon2 hash takes 19 MiB for a few tens of ms; one at a time keeps the
+# Each argon2 hash takes 12 MiB for a few tens of ms; one at a time keeps the
 # process under its 120 MB budget (more logins per second come from more replicas).
 HASHING_CONCURRENCY = 1
 
