@@ -188,3 +188,25 @@ def test_readiness_accepts_a_newer_schema_but_not_an_older_one(database_env: Env
     with pytest.raises(Unavailable, match=f"schema of blog is at 0001, expected {head}"):
         asyncio.run(readiness_at("0001"))
     assert asyncio.run(readiness_at(head))["schema_revision"] == head
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_failed_write_block_leaves_nothing_behind(backend: str, database_env: EnvFactory) -> None:
+    from titanium.db.engine import Database
+    from titanium.db.tables import categories
+
+    settings = settings_for(database_env(backend))
+    asyncio.run(migrate(settings, "blog"))
+
+    async def write_then_fail() -> None:
+        db = Database(settings, "blog")
+        try:
+            async with db.write() as conn:
+                await conn.execute(categories.insert().values(name="half", slug="half"))
+                raise RuntimeError("the second step of the write failed")
+        finally:
+            await db.dispose()
+
+    with pytest.raises(RuntimeError):
+        asyncio.run(write_then_fail())
+    assert query(settings, "blog", "SELECT count(*) FROM categories WHERE slug = 'half'") == [(0,)]

@@ -49,11 +49,6 @@ def create_engine(
             "pool_timeout": settings.db_pool_timeout_seconds,
             "pool_pre_ping": not is_sqlite(url),
         }
-    if role == "read":
-        # Reads run in autocommit: no BEGIN/ROLLBACK round trips around each page.
-        # The list's count and page may then see different snapshots under
-        # concurrent writes, which X-Total-Count can live with.
-        pool["isolation_level"] = "AUTOCOMMIT"
     if is_sqlite(url):
         assert url.database is not None
         settings.sqlite_path(service).parent.mkdir(parents=True, exist_ok=True)
@@ -149,10 +144,17 @@ class Database:
         self.service: DataService = service
         self.url = settings.database_url(service)
         self.backend = self.url.get_backend_name()
-        self._reader = create_engine(settings, service, role="read")
-        self._writer = (
-            create_engine(settings, service, role="write") if is_sqlite(self.url) else self._reader
+        self._writer = create_engine(settings, service, role="write")
+        pooled = (
+            create_engine(settings, service, role="read") if is_sqlite(self.url) else self._writer
         )
+        # Reads run in autocommit: no BEGIN/ROLLBACK round trips around each page.
+        # The list's count and page may then see different snapshots under
+        # concurrent writes, which X-Total-Count can live with. On PostgreSQL this
+        # copy shares the writer's pool; the level is set per checkout, so writes
+        # stay transactions.
+        self._reader = pooled.execution_options(isolation_level="AUTOCOMMIT")
+        self._engines = {self._writer, pooled}
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -168,6 +170,5 @@ class Database:
 
     async def dispose(self) -> None:
         """Close every pooled connection."""
-        await self._reader.dispose()
-        if self._writer is not self._reader:
-            await self._writer.dispose()
+        for engine in self._engines:
+            await engine.dispose()
