@@ -6,7 +6,7 @@ services never see a driver exception and never branch on the backend.
 """
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -155,6 +155,11 @@ class Database:
         # stay transactions.
         self._reader = pooled.execution_options(isolation_level="AUTOCOMMIT")
         self._engines = {self._writer, pooled}
+        self._after_write: list[Callable[[], None]] = []
+
+    def after_write(self, callback: Callable[[], None]) -> None:
+        """Call `callback` after every write block, whether it committed or failed."""
+        self._after_write.append(callback)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -165,8 +170,12 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A connection in a write transaction, committed when the block exits cleanly."""
-        async with translate_errors(), self._writer.begin() as conn:
-            yield conn
+        try:
+            async with translate_errors(), self._writer.begin() as conn:
+                yield conn
+        finally:
+            for callback in self._after_write:
+                callback()
 
     async def dispose(self) -> None:
         """Close every pooled connection."""

@@ -20,14 +20,14 @@ async def ensure_active(users: Downstream, identity: Identity) -> None:
     url = users.url(f"/internal/users/{identity.user_id}")
     try:
         async with users.session.get(url, headers=forward_headers()) as response:
-            if response.status == 200:
-                account = await response.json()
-                if account.get("username") == identity.username:
-                    return
+            if response.status not in (200, 404):
+                raise Unavailable(f"user-service answered {response.status}")
+            # Ids are never reused, so a different name under this id means a stale token too.
+            if (
+                response.status == 404
+                or (await response.json()).get("username") != identity.username
+            ):
                 raise Unauthorized("the user of this token no longer exists")
-            if response.status == 404:
-                raise Unauthorized("the user of this token no longer exists")
-            raise Unavailable(f"user-service answered {response.status}")
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise Unavailable("user-service is unreachable") from exc
 

@@ -20,6 +20,16 @@ class Downstream:
         """Absolute URL of an already-encoded path (and query) on this downstream."""
         return URL(self.base_url.rstrip("/") + raw_path, encoded=True)
 
+    async def alive(self, timeout_seconds: float = 2.0) -> bool:
+        """True when the downstream's /health answers 200 within the timeout."""
+        try:
+            async with self.session.get(
+                self.url("/health"), timeout=aiohttp.ClientTimeout(total=timeout_seconds)
+            ) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
     async def close(self) -> None:
         """Close the pool."""
         await self.session.close()

@@ -101,12 +101,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     async def ready(request: Request) -> dict[str, Any]:
         users: Downstream = request.app.state.users
-        try:
-            async with users.session.get(users.url("/health")) as response:
-                if response.status == 200:
-                    return {"user_service": "ok"}
-        except (aiohttp.ClientError, TimeoutError):
-            pass
+        if await users.alive():
+            return {"user_service": "ok"}
         raise Unavailable("user-service is unreachable")
 
     install_common(app, service="auth-service", settings=settings, ready=ready)

@@ -80,6 +80,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.db = db
     app.state.verifier = verifier
     app.state.cache = cache
+    # Every write, through any endpoint, empties this process's cache at once, so a
+    # client reads what it just wrote; other replicas hear it from PostgreSQL.
+    db.after_write(cache.invalidate)
 
     async def ready(_request: Request) -> dict[str, Any]:
         return await check_schema(db)
@@ -96,21 +99,18 @@ def create_app(settings: Settings) -> FastAPI:
 async def _cached(
     request: Request,
     key: Hashable,
-    load: Callable[[], Awaitable[tuple[bytes, dict[str, str]]]],
+    adapter: TypeAdapter[Any],
+    load: Callable[[], Awaitable[tuple[Any, dict[str, str]]]],
 ) -> Response:
+    """Answer from the cache, or load, validate against `adapter`, serialise and keep."""
     cache: ResponseCache = request.app.state.cache
     hit = cache.get(key)
     if hit is None:
         generation = cache.generation
-        body, headers = await load()
-        hit = Cached(body, headers)
+        found, headers = await load()
+        hit = Cached(adapter.dump_json(adapter.validate_python(found)), headers)
         cache.put(key, generation, hit)
     return Response(hit.body, media_type="application/json", headers=hit.headers)
-
-
-def _changed(request: Request) -> None:
-    # Our own write: forget at once, so this client reads what it just wrote.
-    request.app.state.cache.invalidate()
 
 
 def _add_api(app: FastAPI) -> None:
@@ -123,21 +123,19 @@ def _add_api(app: FastAPI) -> None:
         category: Annotated[str | None, Query(max_length=50, description="slug")] = None,
         author: Annotated[str | None, Query(max_length=100)] = None,
     ) -> Response:
-        async def load() -> tuple[bytes, dict[str, str]]:
+        async def load() -> tuple[Any, dict[str, str]]:
             items, total = await repo.list_posts(PostFilter(category, author), offset, limit)
-            return _SUMMARIES.dump_json(_SUMMARIES.validate_python(items)), {
-                "X-Total-Count": str(total)
-            }
+            return items, {"X-Total-Count": str(total)}
 
-        return await _cached(request, ("list", offset, limit, category, author), load)
+        key = ("list", offset, limit, category, author)
+        return await _cached(request, key, _SUMMARIES, load)
 
     @app.get("/blog/api/posts/{post_id}", response_model=Post, summary="Read a post")
     async def get_post(request: Request, post_id: PostIdPath, repo: Blog) -> Response:
-        async def load() -> tuple[bytes, dict[str, str]]:
-            post = await repo.get_post(post_id)
-            return _POST.dump_json(_POST.validate_python(post)), {}
+        async def load() -> tuple[Any, dict[str, str]]:
+            return await repo.get_post(post_id), {}
 
-        return await _cached(request, ("post", post_id), load)
+        return await _cached(request, ("post", post_id), _POST, load)
 
     @app.post(
         "/blog/api/posts",
@@ -145,34 +143,22 @@ def _add_api(app: FastAPI) -> None:
         status_code=status.HTTP_201_CREATED,
         summary="Create a post",
     )
-    async def create_post(
-        request: Request, body: NewPost, identity: ActiveIdentity, repo: Blog
-    ) -> dict[str, Any]:
-        try:
-            category_id = await _category_id(repo, body.category_name, body.category_id)
-            if category_id is None:
-                category_id = await repo.category_for_name(DEFAULT_CATEGORY)
-            return await repo.create_post(identity.username, body.title, body.content, category_id)
-        finally:
-            _changed(request)
+    async def create_post(body: NewPost, identity: ActiveIdentity, repo: Blog) -> dict[str, Any]:
+        category_id = await _category_id(repo, body.category_name, body.category_id)
+        if category_id is None:
+            category_id = await repo.category_for_name(DEFAULT_CATEGORY)
+        return await repo.create_post(identity.username, body.title, body.content, category_id)
 
     @app.patch("/blog/api/posts/{post_id}", response_model=Post, summary="Change a post")
     async def update_post(
-        request: Request,
-        post_id: PostIdPath,
-        body: PostChanges,
-        identity: ActiveIdentity,
-        repo: Blog,
+        post_id: PostIdPath, body: PostChanges, identity: ActiveIdentity, repo: Blog
     ) -> dict[str, Any]:
         await _own_post(repo, post_id, identity.username)
         changes: dict[str, Any] = body.model_dump(include={"title", "content"}, exclude_none=True)
-        try:
-            category_id = await _category_id(repo, body.category_name, body.category_id)
-            if category_id is not None:
-                changes["category_id"] = category_id
-            return await repo.update_post(post_id, changes)
-        finally:
-            _changed(request)
+        category_id = await _category_id(repo, body.category_name, body.category_id)
+        if category_id is not None:
+            changes["category_id"] = category_id
+        return await repo.update_post(post_id, changes)
 
     @app.delete(
         "/blog/api/posts/{post_id}",
@@ -180,23 +166,17 @@ def _add_api(app: FastAPI) -> None:
         response_class=Response,
         summary="Delete a post",
     )
-    async def delete_post(
-        request: Request, post_id: PostIdPath, identity: ActiveIdentity, repo: Blog
-    ) -> Response:
+    async def delete_post(post_id: PostIdPath, identity: ActiveIdentity, repo: Blog) -> Response:
         await _own_post(repo, post_id, identity.username)
-        try:
-            await repo.delete_post(post_id)
-        finally:
-            _changed(request)
+        await repo.delete_post(post_id)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     @app.get("/blog/api/categories", response_model=list[Category], summary="List categories")
     async def list_categories(request: Request, repo: Blog) -> Response:
-        async def load() -> tuple[bytes, dict[str, str]]:
-            found = await repo.list_categories()
-            return _CATEGORIES.dump_json(_CATEGORIES.validate_python(found)), {}
+        async def load() -> tuple[Any, dict[str, str]]:
+            return await repo.list_categories(), {}
 
-        return await _cached(request, ("categories",), load)
+        return await _cached(request, ("categories",), _CATEGORIES, load)
 
 
 def _add_pages(app: FastAPI) -> None:

@@ -50,9 +50,9 @@ HOP_BY_HOP = {
 OWN_HEADERS = {"x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
 # The gateway's own server writes these; relaying the service's would send them twice.
 SET_BY_GATEWAY = {"x-request-id", "date", "server"}
+NOT_RELAYED = HOP_BY_HOP | SET_BY_GATEWAY
 # Bodies up to this size are passed whole (cheaper); larger or unknown ones stream.
 BUFFER_LIMIT = 64 * 1024
-READY_TIMEOUT_SECONDS = 2.0
 
 
 def _request_headers(request: Request) -> dict[str, str]:
@@ -74,7 +74,7 @@ def _response_headers(upstream: aiohttp.ClientResponse) -> list[tuple[bytes, byt
     return [
         (name.lower(), value)
         for name, value in upstream.raw_headers
-        if name.decode("latin-1").lower() not in HOP_BY_HOP | SET_BY_GATEWAY
+        if name.decode("latin-1").lower() not in NOT_RELAYED
     ]
 
 
@@ -227,7 +227,7 @@ def create_app(settings: Settings) -> Starlette:
         # Liveness of each downstream, not readiness: a database outage should
         # not take the gateway out of service, or reads of other services stop too.
         downstreams: dict[str, Downstream] = request.app.state.downstreams
-        results = await asyncio.gather(*(_alive(d) for d in downstreams.values()))
+        results = await asyncio.gather(*(d.alive() for d in downstreams.values()))
         state = {
             d.name: "ok" if alive else "unreachable"
             for d, alive in zip(downstreams.values(), results, strict=True)
@@ -239,13 +239,3 @@ def create_app(settings: Settings) -> Starlette:
 
     install_common(app, service="api-gateway", settings=settings, ready=ready)
     return app
-
-
-async def _alive(downstream: Downstream) -> bool:
-    try:
-        async with downstream.session.get(
-            downstream.url("/health"), timeout=aiohttp.ClientTimeout(total=READY_TIMEOUT_SECONDS)
-        ) as response:
-            return response.status == 200
-    except (aiohttp.ClientError, TimeoutError):
-        return False
