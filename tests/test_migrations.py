@@ -10,12 +10,14 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 
 from conftest import BACKENDS, settings_for
 from titanium.config import Settings
 from titanium.db.engine import create_engine
-from titanium.db.migrations import SERVICES, current_revision, head_revision, migrate
+from titanium.db.migrations import SERVICES, alembic_config, current_revision, migrate
+from titanium.db.revisions import REVISIONS, head_revision
 from titanium.db.tables import METADATA
 
 EnvFactory = Callable[[str], dict[str, str]]
@@ -57,6 +59,26 @@ def schema_diff(settings: Settings, service: Any) -> list[Any]:
             await engine.dispose()
 
     return asyncio.run(go())
+
+
+def test_known_revisions_follow_the_alembic_histories() -> None:
+    # /ready reads REVISIONS instead of importing Alembic; a migration added
+    # without listing it there would make every pod report "ahead of code".
+    for service in SERVICES:
+        scripts = ScriptDirectory.from_config(alembic_config(service))
+        oldest_first = tuple(s.revision for s in scripts.walk_revisions())[::-1]
+        assert REVISIONS[service] == oldest_first
+    assert set(REVISIONS) == set(SERVICES)
+
+
+def test_services_do_not_import_alembic() -> None:
+    # Each service would carry ~11 MB more resident memory (issue 9's 120 MB budget).
+    code = (
+        "import sys, titanium.services.blog.app, titanium.services.users.app; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'typer')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -165,7 +187,7 @@ def test_two_upgrades_at_once_both_succeed(backend: str, database_env: EnvFactor
 
 def test_readiness_accepts_a_newer_schema_but_not_an_older_one(database_env: EnvFactory) -> None:
     from titanium.db.engine import Database
-    from titanium.db.migrations import check_schema
+    from titanium.db.revisions import check_schema
     from titanium.errors import Unavailable
 
     settings = settings_for(database_env("sqlite"))

@@ -18,7 +18,8 @@ from pathlib import Path
 import asyncpg
 
 from titanium.config import DataService, Settings, load_settings
-from titanium.db.migrations import SERVICES, head_revision, version_table
+from titanium.db.migrations import SERVICES
+from titanium.db.revisions import head_revision, version_table
 from titanium.errors import ConfigError
 from titanium.ops.checks import Check, Status
 from titanium.ops.kubectl import Kubectl, KubectlError

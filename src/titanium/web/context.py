@@ -1,7 +1,7 @@
 """The request id of the request being handled, for logs and outgoing calls."""
 
 import re
-import uuid
+import secrets
 from contextvars import ContextVar
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -14,4 +14,4 @@ def new_request_id(incoming: str | None) -> str:
     """Keep a well-formed incoming id (a caller's trace), otherwise make one."""
     if incoming and _VALID.match(incoming):
         return incoming
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)

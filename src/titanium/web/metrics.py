@@ -1,5 +1,7 @@
 """Prometheus metrics of one service, in a registry of its own."""
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -24,12 +26,24 @@ class Metrics:
         )
         self.service = service
         self.total = 0
+        # `labels()` resolves its arguments on every call; a route, method and
+        # status seen once is looked up here instead (a few dozen entries at most).
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Record one finished request."""
         self.total += 1
-        self.requests.labels(self.service, method, route, str(status)).inc()
-        self.latency.labels(self.service, method, route).observe(seconds)
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(self.service, method, route, str(status)),
+                self.latency.labels(self.service, method, route),
+            )
+            self._children[key] = children
+        counter, histogram = children
+        counter.inc()
+        histogram.observe(seconds)
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""

@@ -8,19 +8,15 @@ PostgreSQL database `titanium` and still evolve independently.
 import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
 from sqlalchemy import Connection, text
 
 from titanium.config import DataService, Settings
-from titanium.db.engine import Database, create_engine, is_sqlite, translate_errors
-from titanium.errors import Unavailable
+from titanium.db.engine import create_engine, is_sqlite, translate_errors
+from titanium.db.revisions import read_revision
 
 SERVICES: tuple[DataService, ...] = ("users", "blog")
 _HERE = Path(__file__).parent
@@ -29,41 +25,11 @@ _HERE = Path(__file__).parent
 _ADVISORY_LOCK_KEY = 0x7469_7461_6E69  # "titani"
 
 
-def version_table(service: DataService) -> str:
-    """Name of the Alembic version table of a service."""
-    return f"alembic_version_{service}"
-
-
 def alembic_config(service: DataService) -> Config:
     """Alembic configuration for a service, without an ini file."""
     config = Config()
     config.set_main_option("script_location", str(_HERE / service))
     return config
-
-
-@cache
-def _scripts(service: DataService) -> ScriptDirectory:
-    return ScriptDirectory.from_config(alembic_config(service))
-
-
-def head_revision(service: DataService) -> str:
-    """The revision the code expects the service's schema to be at."""
-    head = _scripts(service).get_current_head()
-    assert head is not None
-    return head
-
-
-def _is_known(service: DataService, revision: str) -> bool:
-    try:
-        return _scripts(service).get_revision(revision) is not None
-    except CommandError:
-        return False
-
-
-def current_revision_sync(connection: Connection, service: DataService) -> str | None:
-    """The revision the database is at, read on an open connection."""
-    context = MigrationContext.configure(connection, opts={"version_table": version_table(service)})
-    return context.get_current_revision()
 
 
 @contextmanager
@@ -99,7 +65,7 @@ def _run(
         else:
             command.downgrade(config, revision)
         connection.commit()
-        return current_revision_sync(connection, service)
+        return read_revision(connection, service)
 
 
 async def migrate(
@@ -119,25 +85,6 @@ async def current_revision(settings: Settings, service: DataService) -> str | No
     engine = create_engine(settings, service, role="migrate", null_pool=True)
     try:
         async with translate_errors(), engine.connect() as conn:
-            return await conn.run_sync(current_revision_sync, service)
+            return await conn.run_sync(read_revision, service)
     finally:
         await engine.dispose()
-
-
-async def check_schema(db: Database) -> dict[str, str]:
-    """Readiness: the database answers and the schema is at the code's head revision."""
-    service: DataService = db.service
-    async with db.read() as conn:
-        current = await conn.run_sync(current_revision_sync, service)
-    expected = head_revision(service)
-    if current is not None and current != expected and not _is_known(service, current):
-        # A revision this code has never heard of is a newer one: during a rollout
-        # the migration Job runs first and old pods keep serving. Migrations are
-        # written expand-then-contract so that the previous release still works.
-        return {"database": db.backend, "schema_revision": current, "schema": "ahead of code"}
-    if current != expected:
-        raise Unavailable(
-            f"schema of {service} is at {current or 'nothing'}, expected {expected}: "
-            "run `titanium db upgrade`"
-        )
-    return {"database": db.backend, "schema_revision": current}

@@ -4,6 +4,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from titanium.config import DataService
+from titanium.db.revisions import version_table
 from titanium.db.tables import METADATA
 
 
@@ -13,7 +14,7 @@ def run_migrations(service: DataService) -> None:
     context.configure(
         connection=connection,
         target_metadata=METADATA[service],
-        version_table=f"alembic_version_{service}",
+        version_table=version_table(service),
         # SQLite cannot ALTER most things; batch mode recreates tables there.
         render_as_batch=True,
     )

@@ -9,10 +9,10 @@ from pydantic import TypeAdapter
 
 from titanium.config import Settings
 from titanium.db.engine import Database
-from titanium.db.migrations import check_schema
+from titanium.db.revisions import check_schema
 from titanium.errors import Forbidden
 from titanium.security.tokens import TokenVerifier
-from titanium.services.blog.cache import Cached, ChangeListener, ResponseCache
+from titanium.services.blog.cache import Cached, ChangeListener, DataVersionWatch, ResponseCache
 from titanium.services.blog.repository import DEFAULT_CATEGORY, BlogRepository, PostFilter
 from titanium.services.blog.schemas import Category, NewPost, Post, PostChanges, PostSummary
 from titanium.web.accounts import ActiveIdentity
@@ -56,8 +56,12 @@ def create_app(settings: Settings) -> FastAPI:
     verifier = TokenVerifier(settings)
 
     cache = ResponseCache(settings.blog_cache_entries)
-    # SQLite has no change notifications, so the cache stays off there.
-    listener = ChangeListener(settings, cache) if db.backend == "postgresql" else None
+    # How this process hears of other writers' changes depends on the backend.
+    watch: ChangeListener | DataVersionWatch = (
+        ChangeListener(settings, cache)
+        if db.backend == "postgresql"
+        else DataVersionWatch(settings.sqlite_path("blog"), cache)
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -66,11 +70,10 @@ def create_app(settings: Settings) -> FastAPI:
             settings.user_service_url,
             timeout_seconds=settings.upstream_timeout_seconds,
         )
-        if listener is not None and settings.blog_cache_entries:
-            listener.start()
+        if settings.blog_cache_entries:
+            watch.start()
         yield
-        if listener is not None:
-            await listener.stop()
+        await watch.stop()
         await app.state.users.close()
         await db.dispose()
 

@@ -1,20 +1,29 @@
 """A cache of blog-service's serialised reads that is never stale after a write.
 
-Only on PostgreSQL, and only while this process LISTENs on `titanium_blog`:
-triggers (blog revision 0003) announce every change to posts and categories,
-whoever makes it, and each announcement empties the cache. Without a live
-listener the cache answers nothing, so correctness never depends on it. A write
-through this process also empties it at once, so a client reads its own writes;
-another replica sees the change when the notification arrives (milliseconds). If
-the LISTEN connection dies silently, the health query notices within about 4 s.
+A write through this process empties it at once, so a client reads its own
+writes. Writes by anyone else are noticed per backend, here and nowhere else:
+
+- PostgreSQL: only while this process LISTENs on `titanium_blog`. Triggers (blog
+  revision 0003) announce every change to posts and categories, whoever makes
+  it, and each announcement empties the cache. Without a live listener the cache
+  answers nothing, so correctness never depends on it. Another replica's write is
+  seen when the notification arrives (milliseconds); a LISTEN connection that dies
+  silently is noticed by the health query within about 4 s.
+- SQLite: before every lookup and every store, `PRAGMA data_version` on a
+  connection of the cache's own tells whether any other connection, in this or
+  another process (`titanium migrate`, `sqlite3` by hand), committed since the
+  last look (about 6 microseconds). If that connection fails, nothing is served
+  from the cache.
 """
 
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 
@@ -41,10 +50,16 @@ class ResponseCache:
         self.generation = 0
         self.live = False
         self._entries: OrderedDict[Hashable, Cached] = OrderedDict()
+        # Asked before each use: empties the cache if the data changed, and says
+        # whether it can be trusted at all right now.
+        self.check: Callable[[], bool] = lambda: True
+
+    def _usable(self) -> bool:
+        return self.live and self.check()
 
     def get(self, key: Hashable) -> Cached | None:
         """The cached response, or None."""
-        if not self.live:
+        if not self._usable():
             return None
         found = self._entries.get(key)
         if found is not None:
@@ -54,7 +69,7 @@ class ResponseCache:
     def put(self, key: Hashable, generation: int, value: Cached) -> None:
         """Store a response read while the cache was at `generation`."""
         # A change that landed while the response was being read makes it suspect.
-        if not self.live or generation != self.generation or self.max_entries == 0:
+        if not self._usable() or generation != self.generation or self.max_entries == 0:
             return
         self._entries[key] = value
         if len(self._entries) > self.max_entries:
@@ -126,3 +141,50 @@ class ChangeListener:
 
     def _changed(self, *_args: object) -> None:
         self.cache.invalidate()
+
+
+class DataVersionWatch:
+    """SQLite: empties the cache when the file changed since the last look."""
+
+    def __init__(self, path: Path, cache: ResponseCache) -> None:
+        self.path = path
+        self.cache = cache
+        self._conn: sqlite3.Connection | None = None
+        self._version: int | None = None
+
+    def start(self) -> None:
+        """Open the watching connection and turn the cache on (off if that fails)."""
+        try:
+            # Read-only and never waiting for a lock: this runs on the event loop.
+            self._conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=0,
+                isolation_level=None, check_same_thread=False,
+            )  # fmt: skip
+        except sqlite3.Error as exc:
+            log.warning("cache off: cannot watch %s (%s)", self.path, exc)
+            return
+        self.cache.check = self.fresh
+        self.cache.set_live(True)
+        self.fresh()  # the starting version
+
+    async def stop(self) -> None:
+        """Turn the cache off and close the connection."""
+        self.cache.set_live(False)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def fresh(self) -> bool:
+        """Empty the cache if anyone committed since the last call; False if unknowable."""
+        if self._conn is None:
+            return False
+        try:
+            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            log.warning("cache skipped: %s", exc)
+            self.cache.invalidate()
+            return False
+        if version != self._version:
+            self._version = version
+            self.cache.invalidate()
+        return True

@@ -9,7 +9,7 @@ from fastapi import Depends, FastAPI, Path, Request, Response, status
 
 from titanium.config import Settings
 from titanium.db.engine import Database
-from titanium.db.migrations import check_schema
+from titanium.db.revisions import check_schema
 from titanium.errors import NotFound, Unauthorized
 from titanium.security import passwords
 from titanium.security.tokens import TokenVerifier
