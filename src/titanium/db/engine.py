@@ -5,6 +5,7 @@ transaction and translate driver failures into Titanium's domain errors, so
 services never see a driver exception and never branch on the backend.
 """
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -28,6 +29,16 @@ def is_sqlite(url: URL) -> bool:
     return url.get_backend_name() == "sqlite"
 
 
+def pool_size(settings: Settings, url: URL, role: str) -> int:
+    """Connections an engine of this role keeps."""
+    # SQLite has one writer at a time: one write connection per process queues
+    # writers in-process instead of letting them fight over the file lock. Its
+    # readers each hold a thread and a page cache; four keep both cores busy.
+    if is_sqlite(url):
+        return 1 if role == "write" else min(settings.db_pool_size, SQLITE_READERS)
+    return settings.db_pool_size
+
+
 def create_engine(
     settings: Settings, service: DataService, *, role: str = "read", null_pool: bool = False
 ) -> AsyncEngine:
@@ -37,17 +48,10 @@ def create_engine(
     if null_pool:
         pool = {"poolclass": NullPool}
     else:
-        # SQLite has one writer at a time: one write connection per process queues
-        # writers in-process instead of letting them fight over the file lock. Its
-        # readers each hold a thread and a page cache; four keep both cores busy.
-        size = settings.db_pool_size
-        if is_sqlite(url):
-            size = 1 if role == "write" else min(size, SQLITE_READERS)
         pool = {
-            "pool_size": size,
+            "pool_size": pool_size(settings, url, role),
             "max_overflow": 0,
             "pool_timeout": settings.db_pool_timeout_seconds,
-            "pool_pre_ping": not is_sqlite(url),
         }
     if is_sqlite(url):
         assert url.database is not None
@@ -57,7 +61,7 @@ def create_engine(
         )
         _configure_sqlite(engine, settings, role)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         connect_args={
             "timeout": settings.db_connect_timeout_seconds,
@@ -66,6 +70,19 @@ def create_engine(
         },
         **pool,
     )
+    _discard_closed_connections(engine)
+    return engine
+
+
+def _discard_closed_connections(engine: AsyncEngine) -> None:
+    # Instead of pool_pre_ping, which costs asyncpg three round trips per checkout
+    # (BEGIN, ";", ROLLBACK): a connection the server closed (pg_terminate_backend,
+    # restart, idle timeout) is already marked closed by asyncpg, and the pool
+    # replaces it before anyone uses it.
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        if dbapi_connection.driver_connection.is_closed():
+            raise sa_exc.DisconnectionError("connection closed by the server")
 
 
 def _configure_sqlite(engine: AsyncEngine, settings: Settings, role: str) -> None:
@@ -137,6 +154,35 @@ def _is_unavailability(exc: sa_exc.DBAPIError) -> bool:
     return isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
 
 
+class FairGate:
+    """First come, first served admission to a connection pool, with a bounded wait.
+
+    SQLAlchemy's async pool waits on an asyncio.Queue, where a request arriving
+    just as a connection comes back takes it ahead of those already waiting. Under
+    load some requests waited out the whole pool timeout (503) while the mean wait
+    was milliseconds. asyncio.Semaphore serves waiters in order, so with one gate
+    as wide as the pool, the pool itself never has anyone waiting.
+    """
+
+    def __init__(self, size: int, timeout_seconds: float) -> None:
+        self._slots = asyncio.Semaphore(size)
+        self.timeout_seconds = timeout_seconds
+
+    @asynccontextmanager
+    async def enter(self) -> AsyncIterator[None]:
+        """Hold one slot for the block; Unavailable after waiting the timeout."""
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                await self._slots.acquire()
+        except TimeoutError as exc:
+            log.warning("database pool exhausted for %.1f s", self.timeout_seconds)
+            raise Unavailable("the database is busy, retry shortly") from exc
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
 class Database:
     """The connections of one data-owning service."""
 
@@ -145,8 +191,13 @@ class Database:
         self.url = settings.database_url(service)
         self.backend = self.url.get_backend_name()
         self._writer = create_engine(settings, service, role="write")
-        pooled = (
-            create_engine(settings, service, role="read") if is_sqlite(self.url) else self._writer
+        sqlite = is_sqlite(self.url)
+        pooled = create_engine(settings, service, role="read") if sqlite else self._writer
+        timeout = settings.db_pool_timeout_seconds
+        self._write_gate = FairGate(pool_size(settings, self.url, "write"), timeout)
+        # On PostgreSQL reads and writes share one pool, so they share its gate.
+        self._read_gate = (
+            FairGate(pool_size(settings, self.url, "read"), timeout) if sqlite else self._write_gate
         )
         # Reads run in autocommit: no BEGIN/ROLLBACK round trips around each page.
         # The list's count and page may then see different snapshots under
@@ -164,14 +215,14 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reads, in autocommit (each statement its own snapshot)."""
-        async with translate_errors(), self._reader.connect() as conn:
+        async with self._read_gate.enter(), translate_errors(), self._reader.connect() as conn:
             yield conn
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A connection in a write transaction, committed when the block exits cleanly."""
         try:
-            async with translate_errors(), self._writer.begin() as conn:
+            async with self._write_gate.enter(), translate_errors(), self._writer.begin() as conn:
                 yield conn
         finally:
             for callback in self._after_write:
