@@ -28,8 +28,12 @@ _CATEGORIES = TypeAdapter(list[Category])
 PostIdPath = Annotated[int, Path(ge=1, le=2_147_483_647)]
 
 
-async def _repository(request: Request) -> BlogRepository:
+def _repository_of(request: Request) -> BlogRepository:
     return BlogRepository(request.app.state.db)
+
+
+async def _repository(request: Request) -> BlogRepository:
+    return _repository_of(request)
 
 
 Blog = Annotated[BlogRepository, Depends(_repository)]
@@ -118,15 +122,17 @@ async def _cached(
 
 def _add_api(app: FastAPI) -> None:
     @app.get("/blog/api/posts", response_model=list[PostSummary], summary="List posts")
+    # The cached reads build their repository only on a miss: as a dependency it
+    # cost every cache hit about a tenth of its time (py-spy).
     async def list_posts(
         request: Request,
-        repo: Blog,
         offset: Annotated[int, Query(ge=0, le=2_147_483_647)] = 0,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
         category: Annotated[str | None, Query(max_length=50, description="slug")] = None,
         author: Annotated[str | None, Query(max_length=100)] = None,
     ) -> Response:
         async def load() -> tuple[Any, dict[str, str]]:
+            repo = _repository_of(request)
             items, total = await repo.list_posts(PostFilter(category, author), offset, limit)
             return items, {"X-Total-Count": str(total)}
 
@@ -134,9 +140,9 @@ def _add_api(app: FastAPI) -> None:
         return await _cached(request, key, _SUMMARIES, load)
 
     @app.get("/blog/api/posts/{post_id}", response_model=Post, summary="Read a post")
-    async def get_post(request: Request, post_id: PostIdPath, repo: Blog) -> Response:
+    async def get_post(request: Request, post_id: PostIdPath) -> Response:
         async def load() -> tuple[Any, dict[str, str]]:
-            return await repo.get_post(post_id), {}
+            return await _repository_of(request).get_post(post_id), {}
 
         return await _cached(request, ("post", post_id), _POST, load)
 
@@ -175,9 +181,9 @@ def _add_api(app: FastAPI) -> None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     @app.get("/blog/api/categories", response_model=list[Category], summary="List categories")
-    async def list_categories(request: Request, repo: Blog) -> Response:
+    async def list_categories(request: Request) -> Response:
         async def load() -> tuple[Any, dict[str, str]]:
-            return await repo.list_categories(), {}
+            return await _repository_of(request).list_categories(), {}
 
         return await _cached(request, ("categories",), _CATEGORIES, load)
 
