@@ -135,9 +135,9 @@ class Forward:
     """ASGI endpoint that relays each request to one downstream and its answer back.
 
     Raw ASGI rather than a Request -> Response function: every public request runs
-    through here, and py-spy put Starlette's request/response wrapping and header
-    objects at about a third of the gateway's time per request. Errors raised here
-    still reach the one exception mapping (`titanium.web.errors`).
+    through here, and a bare ASGI proxy measured about a quarter less CPU per request
+    than the Starlette one (the request/response objects and their header handling).
+    Errors raised here still get the one exception mapping (`titanium.web.errors`).
     """
 
     def __init__(self, downstream: str) -> None:
