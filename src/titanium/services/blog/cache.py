@@ -158,7 +158,7 @@ class DataVersionWatch:
             # Read-only and never waiting for a lock: this runs on the event loop.
             self._conn = sqlite3.connect(
                 f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=0,
-                isolation_level=None, check_same_thread=False,
+                isolation_level=None,
             )  # fmt: skip
         except sqlite3.Error as exc:
             log.warning("cache off: cannot watch %s (%s)", self.path, exc)
