@@ -7,7 +7,7 @@ PostgreSQL database `titanium` and still evolve independently.
 
 import fcntl
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from alembic import command
@@ -33,17 +33,24 @@ def alembic_config(service: DataService) -> Config:
 
 
 @contextmanager
-def _migration_lock(
-    connection: Connection, settings: Settings, service: DataService
-) -> Iterator[None]:
+def _file_lock(settings: Settings, service: DataService) -> Iterator[None]:
+    # SQLite: held from before the first connection until the last one is closed,
+    # so a second process does not even open the file (its connect-time PRAGMAs
+    # could meet the first one's schema change) until the first is done.
+    lock_path = settings.sqlite_path(service).with_suffix(".migrate-lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _advisory_lock(connection: Connection) -> Iterator[None]:
     if is_sqlite(connection.engine.url):
-        lock_path = settings.sqlite_path(service).with_suffix(".migrate-lock")
-        with lock_path.open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        yield  # the file lock is already held
         return
     connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
     connection.commit()
@@ -54,10 +61,8 @@ def _migration_lock(
         connection.commit()
 
 
-def _run(
-    connection: Connection, settings: Settings, service: DataService, action: str, revision: str
-) -> str | None:
-    with _migration_lock(connection, settings, service):
+def _run(connection: Connection, service: DataService, action: str, revision: str) -> str | None:
+    with _advisory_lock(connection):
         config = alembic_config(service)
         config.attributes["connection"] = connection
         if action == "upgrade":
@@ -73,11 +78,12 @@ async def migrate(
 ) -> str | None:
     """Upgrade or downgrade one service's schema; return the revision it ends at."""
     engine = create_engine(settings, service, role="migrate", null_pool=True)
-    try:
-        async with translate_errors(), engine.connect() as conn:
-            return await conn.run_sync(_run, settings, service, action, revision)
-    finally:
-        await engine.dispose()
+    with _file_lock(settings, service) if is_sqlite(engine.url) else nullcontext():
+        try:
+            async with translate_errors(), engine.connect() as conn:
+                return await conn.run_sync(_run, service, action, revision)
+        finally:
+            await engine.dispose()
 
 
 async def current_revision(settings: Settings, service: DataService) -> str | None:
