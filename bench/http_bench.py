@@ -121,7 +121,6 @@ def wrk(url: str, duration: int, script: str | None, env: dict[str, str]) -> dic
         wrapper.unlink()
     line = [text for text in done.stdout.splitlines() if text.startswith("{")][-1]
     result: dict[str, Any] = json.loads(line)
-    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
     result["errors"] = sum(result[k] for k in ("connect", "read", "write", "status", "timeout"))
     return result
 

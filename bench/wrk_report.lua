@@ -1,6 +1,6 @@
--- Prints wrk's results as one JSON line (wrk's own summary has no p95). "latency"
--- lists each distinct latency (microseconds) with its count, so that slices of a
--- run can be merged into exact percentiles over all of its requests.
+-- Prints wrk's results as one JSON line. "latency" lists each distinct latency
+-- (microseconds) with its count, so that slices of a run can be merged into exact
+-- percentiles over all of its requests (wrk's own summary has no p95 either).
 done = function(summary, latency, requests)
   local e = summary.errors
   local pairs = {}
@@ -10,8 +10,7 @@ done = function(summary, latency, requests)
   end
   io.write(string.format(
     '{"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d,' ..
-    '"p50_ms":%.2f,"p95_ms":%.2f,"p99_ms":%.2f,"max_ms":%.2f,"latency":[%s]}\n',
+    '"latency":[%s]}\n',
     summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency:percentile(99) / 1000,
-    latency.max / 1000, table.concat(pairs, ",")))
+    table.concat(pairs, ",")))
 end

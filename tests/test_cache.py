@@ -44,6 +44,16 @@ def titles(base: str, author: str) -> list[str]:
     return [post["title"] for post in answer.json()]
 
 
+def new_post(live: RunningStack, title: str) -> int:
+    """Id of a post a new user created through the gateway."""
+    user = register(live.client)
+    created = live.client.post(
+        "/blog/api/posts", json={"title": title, "content": "c"}, headers=user["headers"]
+    )
+    assert created.status_code == 201
+    return int(created.json()["id"])
+
+
 def eventually(check: "callable[[], bool]", seconds: float = 2.0) -> bool:  # type: ignore[valid-type]
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -71,10 +81,7 @@ def test_a_write_through_one_replica_reaches_the_other(
 
 @BOTH
 def test_a_write_outside_the_api_empties_the_cache(live: RunningStack) -> None:
-    user = register(live.client)
-    post_id = live.client.post(
-        "/blog/api/posts", json={"title": "before", "content": "c"}, headers=user["headers"]
-    ).json()["id"]
+    post_id = new_post(live, "before")
     blog = live.stack.url("blog")
     assert httpx.get(f"{blog}/blog/api/posts/{post_id}").json()["title"] == "before"
     run_sql(
@@ -87,10 +94,7 @@ def test_a_write_outside_the_api_empties_the_cache(live: RunningStack) -> None:
 
 @pytest.mark.parametrize("live", ["postgresql"], indirect=True)
 def test_without_its_listener_the_cache_answers_nothing(live: RunningStack) -> None:
-    user = register(live.client)
-    post_id = live.client.post(
-        "/blog/api/posts", json={"title": "one", "content": "c"}, headers=user["headers"]
-    ).json()["id"]
+    post_id = new_post(live, "one")
     blog = live.stack.url("blog")
     database = live.env["POSTGRES_DB"]
 

@@ -16,9 +16,9 @@ from sqlalchemy import Connection, text
 
 from titanium.config import DataService, Settings
 from titanium.db.engine import create_engine, is_sqlite, translate_errors
-from titanium.db.revisions import read_revision
+from titanium.db.revisions import REVISIONS, read_revision
 
-SERVICES: tuple[DataService, ...] = ("users", "blog")
+SERVICES: tuple[DataService, ...] = tuple(REVISIONS)
 _HERE = Path(__file__).parent
 # One advisory lock for every Titanium migration: two `titanium db upgrade`
 # processes (two pods, two replicas' init containers) run one after the other.
@@ -49,9 +49,6 @@ def _file_lock(settings: Settings, service: DataService) -> Iterator[None]:
 
 @contextmanager
 def _advisory_lock(connection: Connection) -> Iterator[None]:
-    if is_sqlite(connection.engine.url):
-        yield  # the file lock is already held
-        return
     connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
     connection.commit()
     try:
@@ -62,7 +59,8 @@ def _advisory_lock(connection: Connection) -> Iterator[None]:
 
 
 def _run(connection: Connection, service: DataService, action: str, revision: str) -> str | None:
-    with _advisory_lock(connection):
+    # On SQLite, migrate() already holds the file lock.
+    with nullcontext() if is_sqlite(connection.engine.url) else _advisory_lock(connection):
         config = alembic_config(service)
         config.attributes["connection"] = connection
         if action == "upgrade":

@@ -11,7 +11,7 @@ writes. Writes by anyone else are noticed per backend, here and nowhere else:
   silently is noticed by the health query within about 4 s.
 - SQLite: before every lookup and every store, `PRAGMA data_version` on a
   connection of the cache's own tells whether any other connection, in this or
-  another process (`titanium migrate`, `sqlite3` by hand), committed since the
+  another process (a second replica, `sqlite3` by hand), committed since the
   last look (about 6 microseconds). If that connection fails, nothing is served
   from the cache.
 """
