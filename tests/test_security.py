@@ -14,10 +14,12 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 
 from conftest import RunningStack, register, run_sql
+from titanium.config import Settings
 from titanium.db.tables import users
-from titanium.errors import RateLimited
+from titanium.errors import ConfigError, RateLimited, Unauthorized
 from titanium.security.passwords import hash_password, needs_rehash, verify_password
 from titanium.security.ratelimit import FailureLimiter
+from titanium.security.tokens import TokenIssuer, TokenVerifier, generate_key_pair
 
 
 def werkzeug_hash(password: str, salt: str = "Xy12Ab34", iterations: int = 260000) -> str:
@@ -190,6 +192,26 @@ def test_failure_limiter_recovers_after_its_window() -> None:
         limiter.check("k")
     time.sleep(0.25)
     limiter.check("k")
+
+
+def test_a_rotated_key_pair_keeps_tokens_of_both_keys_valid(tmp_path: Path) -> None:
+    old, new, foreign = (generate_key_pair(tmp_path / name) for name in ("old", "new", "foreign"))
+    minted = {
+        name: TokenIssuer(Settings(jwt_private_key_file=pair[0])).issue(7, "alice")
+        for name, pair in (("old", old), ("new", new), ("foreign", foreign))
+    }
+    # Mid-rotation JWT_PUBLIC_KEY: the new public key followed by the old one.
+    bundle = new[1].read_text() + old[1].read_text()
+    verifier = TokenVerifier(Settings(jwt_public_key=bundle))
+    assert verifier.verify(minted["old"]).user_id == 7
+    assert verifier.verify(minted["new"]).user_id == 7
+    with pytest.raises(Unauthorized, match="invalid token"):
+        verifier.verify(minted["foreign"])
+    # Once the old key is dropped, its tokens are refused.
+    with pytest.raises(Unauthorized, match="invalid token"):
+        TokenVerifier(Settings(jwt_public_key=new[1].read_text())).verify(minted["old"])
+    with pytest.raises(ConfigError, match="JWT_PUBLIC_KEY: not a PEM public key"):
+        TokenVerifier(Settings(jwt_public_key=bundle.replace("MC", "XX", 1)))
 
 
 def test_password_hashes() -> None:

@@ -29,8 +29,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Schema migrations (Alembic), one history per data service.")
 keys_app = typer.Typer(help="Token signing keys.")
+secrets_app = typer.Typer(help="Sealed secret inputs of a Kubernetes overlay (SOPS + age).")
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+app.add_typer(secrets_app, name="secrets")
 # Sub-commands that live in their own packages are registered below, one line each.
 app.add_typer(migrate_app, name="migrate")
 
@@ -174,6 +176,29 @@ def keys_generate(
 
     private, public = generate_key_pair(directory)
     typer.echo(f"private key: {private}\npublic key:  {public}")
+
+
+OverlayArgument = Annotated[
+    Path, typer.Argument(help="The overlay directory, e.g. k8s/overlays/solid-cloud.")
+]
+
+
+@secrets_app.command("seal")
+def secrets_seal(overlay: OverlayArgument) -> None:
+    """Encrypt the overlay's plaintext secret inputs with sops (.sops.yaml); delete them."""
+    from titanium.ops.sops import seal
+
+    for path in guarded(seal, overlay):
+        typer.echo(f"sealed: {path}")
+
+
+@secrets_app.command("unseal")
+def secrets_unseal(overlay: OverlayArgument) -> None:
+    """Decrypt the overlay's sealed inputs to their git-ignored plaintext (kubectl apply -k)."""
+    from titanium.ops.sops import unseal
+
+    for path in guarded(unseal, overlay):
+        typer.echo(f"unsealed: {path}")
 
 
 @app.command()

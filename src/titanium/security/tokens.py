@@ -3,11 +3,17 @@
 Only auth-service holds the private key, so only it can mint tokens; every
 other service verifies with the public key. The algorithm is pinned, which
 rules out `alg: none` and HS256-signed-with-the-public-key forgeries.
+
+`JWT_PUBLIC_KEY` may hold several PEM public keys, one after the other: that is
+how a key rotation keeps tokens signed with the previous key valid until they
+expire (k8s/README.md).
 """
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -17,6 +23,7 @@ from titanium.config import Settings
 from titanium.errors import ConfigError, Unauthorized
 
 ALGORITHM = "EdDSA"
+PEM_PUBLIC_KEY = re.compile(r"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -39,8 +46,21 @@ def _read(value: str | None, path: Path | None, variable: str) -> str | None:
         raise ConfigError(f"{variable}_FILE: cannot read {path}: {exc.strerror}") from None
 
 
+def _public_keys(pem: str) -> list[Ed25519PublicKey]:
+    keys = []
+    for block in PEM_PUBLIC_KEY.findall(pem) or [pem]:
+        try:
+            key = serialization.load_pem_public_key(block.encode())
+        except ValueError:
+            raise ConfigError("JWT_PUBLIC_KEY: not a PEM public key") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise ConfigError("JWT_PUBLIC_KEY: must be an Ed25519 key")
+        keys.append(key)
+    return keys
+
+
 class TokenVerifier:
-    """Verifies tokens with the public key; created once per service."""
+    """Verifies tokens with the public key(s); created once per service."""
 
     def __init__(self, settings: Settings) -> None:
         pem = _read(settings.jwt_public_key, settings.jwt_public_key_file, "JWT_PUBLIC_KEY")
@@ -48,29 +68,16 @@ class TokenVerifier:
             private = _read_private(settings)
             if private is None:
                 raise ConfigError("JWT_PUBLIC_KEY (or JWT_PUBLIC_KEY_FILE) is required")
-            self._key: Ed25519PublicKey = private.public_key()
+            self._keys = [private.public_key()]
         else:
-            try:
-                key = serialization.load_pem_public_key(pem.encode())
-            except ValueError:
-                raise ConfigError("JWT_PUBLIC_KEY: not a PEM public key") from None
-            if not isinstance(key, Ed25519PublicKey):
-                raise ConfigError("JWT_PUBLIC_KEY: must be an Ed25519 key")
-            self._key = key
+            self._keys = _public_keys(pem)
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
 
     def verify(self, token: str) -> Identity:
         """Return the identity in a valid token; raise Unauthorized otherwise."""
         try:
-            claims = jwt.decode(
-                token,
-                self._key,
-                algorithms=[ALGORITHM],
-                audience=self._audience,
-                issuer=self._issuer,
-                options={"require": ["exp", "iat", "sub", "iss", "aud"]},
-            )
+            claims = self._decode(token)
             return Identity(
                 user_id=int(claims["sub"]),
                 username=str(claims["username"]),
@@ -80,6 +87,27 @@ class TokenVerifier:
             raise Unauthorized("token expired") from None
         except (jwt.InvalidTokenError, KeyError, ValueError, TypeError):
             raise Unauthorized("invalid token") from None
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        # The signature is checked before the claims, so a key that did not sign
+        # the token fails with InvalidSignatureError and the next one is tried.
+        *previous, last = self._keys
+        for key in previous:
+            try:
+                return self._decode_with(token, key)
+            except jwt.InvalidSignatureError:
+                continue
+        return self._decode_with(token, last)
+
+    def _decode_with(self, token: str, key: Ed25519PublicKey) -> dict[str, Any]:
+        return jwt.decode(
+            token,
+            key,
+            algorithms=[ALGORITHM],
+            audience=self._audience,
+            issuer=self._issuer,
+            options={"require": ["exp", "iat", "sub", "iss", "aud"]},
+        )
 
 
 def _read_private(settings: Settings) -> Ed25519PrivateKey | None:
