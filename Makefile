@@ -5,19 +5,33 @@ BIN := $(VENV)/bin
 TOOLS := .venv-tools
 CHECKOV_VERSION := 3.3.30
 
-.PHONY: install install-test install-tools run test lint bench bench-migrate clean
+.PHONY: install install-test install-tools run test test-fast screenshots lint bench bench-migrate clean
+
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
 install: $(BIN)/titanium
 
-$(BIN)/titanium: pyproject.toml
+# The runtime set is requirements.lock, installed as the Dockerfile does, so a
+# laptop runs the image's versions. --no-deps rather than -c (constraints):
+# constraints only cap what pip resolves, so a dependency the lock misses would
+# quietly come in at its newest version; with --no-deps nothing outside the
+# lock is installed and `pip check` fails on the gap instead.
+$(BIN)/titanium: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e .
+	$(PIP) --no-deps --requirement requirements.lock
+	$(PIP) --no-deps --editable .
+	$(BIN)/pip check
 	touch $@
 
 install-test: $(VENV)/.test-deps
 
-$(VENV)/.test-deps: $(BIN)/titanium
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+# The test extra is pinned in pyproject.toml but its own dependencies are not
+# locked, so pip resolves them here; the lock as constraints keeps every
+# package it names (attrs, idna, anyio... shared with the test tools) at the
+# version the image runs, or fails when a test tool needs another one.
+$(VENV)/.test-deps: $(BIN)/titanium pyproject.toml requirements.lock
+	$(PIP) --editable '.[test]' --constraint requirements.lock
+	$(BIN)/pip check
 	touch $@
 
 # checkov has many dependencies of its own; its own virtualenv keeps them
@@ -37,6 +51,21 @@ test: install-test install-tools
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; \
 	exit $$rc
 
+# The tests that need no service processes, PostgreSQL, Chromium or infra
+# tools (markers: pyproject.toml, applied in tests/conftest.py): seconds, not minutes.
+FAST := not stack and not postgres and not ui and not infra
+test-fast: install-test
+	@$(BIN)/python -m pytest -m "$(FAST)"; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-fast: no tests were collected" >&2; exit 1; fi; \
+	exit $$rc
+
+# The UI tests write their screenshots to build/screenshots/ (so a test run
+# leaves the work tree clean); this takes a fresh set and puts it in the docs.
+screenshots: install-test
+	rm -rf build/screenshots
+	$(BIN)/python -m pytest tests/test_ui.py -q
+	cp build/screenshots/*.png docs/screenshots/
+
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -54,4 +83,4 @@ bench-migrate: install-test
 	$(BIN)/python bench/migrate.py
 
 clean:
-	rm -rf $(VENV) $(TOOLS) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) var build .pytest_cache .mypy_cache .ruff_cache

@@ -34,37 +34,34 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))  # support/: the PostgreSQL server and settings helpers
 
-from titanium.config import Settings  # noqa: E402
+from support.env import settings_for  # noqa: E402
+from support.ports import free_port  # noqa: E402
+from support.postgres import SharedServer  # noqa: E402
+from titanium.config import ServiceName, Settings  # noqa: E402
 from titanium.db.engine import Database  # noqa: E402
-from titanium.db.migrations import SERVICES, migrate  # noqa: E402
+from titanium.db.migrations import upgrade_schema  # noqa: E402
 from titanium.db.tables import posts  # noqa: E402
 from titanium.runner import Stack  # noqa: E402
 from titanium.security.tokens import generate_key_pair  # noqa: E402
+from titanium.services.registry import DATA_SERVICES, SERVICES  # noqa: E402
 
-ADMIN_URL = os.environ.get(
-    "TITANIUM_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+POSTGRES = SharedServer(
+    os.environ.get("TITANIUM_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 )
 USERS, POSTS = 100, 10_000
 WARM_UP_SECONDS, SLICES = 3, 3
 HERE = Path(__file__).parent
 
 
-def free_ports() -> dict[str, int]:
-    import socket
-
-    ports = {}
-    for name in ("gateway", "users", "auth", "blog"):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            ports[name] = probe.getsockname()[1]
-    return ports
+def free_ports() -> dict[ServiceName, int]:
+    return {name: free_port() for name in SERVICES}
 
 
 async def seed(settings: Settings, gateway: str) -> tuple[str, int]:
@@ -157,38 +154,12 @@ def combine(slices: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def peak_rss_mb(stack: Stack) -> dict[str, float]:
-    peaks = {}
+    peaks: dict[str, float] = {}
     for name, process in stack.processes.items():
         for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 peaks[name] = int(line.split()[1]) / 1024
     return peaks
-
-
-async def create_database() -> str:
-    name = f"titanium_bench_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(ADMIN_URL)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return name
-
-
-async def vacuum(name: str) -> None:
-    conn = await asyncpg.connect(ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
-    try:
-        await conn.execute("VACUUM ANALYZE")
-    finally:
-        await conn.close()
-
-
-async def drop_database(name: str) -> None:
-    conn = await asyncpg.connect(ADMIN_URL)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 def run_backend(backend: str, duration: int, workdir: Path) -> dict[str, Any]:
@@ -200,31 +171,23 @@ def run_backend(backend: str, duration: int, workdir: Path) -> dict[str, Any]:
     }
     database = None
     if backend == "postgresql":
-        from sqlalchemy.engine import make_url
-
-        admin = make_url(ADMIN_URL)
-        database = asyncio.run(create_database())
-        env |= {
-            "USE_POSTGRES": "true", "POSTGRES_HOST": admin.host or "127.0.0.1",
-            "POSTGRES_PORT": str(admin.port or 5432), "POSTGRES_DB": database,
-            "POSTGRES_USER": admin.username or "postgres",
-            "POSTGRES_PASSWORD": admin.password or "trust",
-        }  # fmt: skip
+        database = POSTGRES.create_database("titanium_bench")
+        env |= POSTGRES.env(database)
     else:
         env["DATA_DIR"] = str(workdir / "sqlite")
-    settings = Settings(**{key.lower(): value for key, value in env.items()})
-    for service in SERVICES:
-        asyncio.run(migrate(settings, service))
+    settings = settings_for(env)
+    for service in DATA_SERVICES:
+        asyncio.run(upgrade_schema(settings, service))
     stack = Stack(
         env={**os.environ, **env}, ports=free_ports(), log_dir=workdir / f"logs-{backend}"
-    )  # type: ignore[arg-type]
+    )
     stack.start()
     try:
         token, max_id = asyncio.run(seed(settings, stack.url("gateway")))
         if database:
             # What autovacuum does a minute after a bulk load: statistics and the
             # visibility map (so the post count is an index-only scan).
-            asyncio.run(vacuum(database))
+            POSTGRES.execute("VACUUM ANALYZE", database)
         gateway, blog = stack.url("gateway"), stack.url("blog")
         post = ("wrk_random_post.lua", {"MAX_ID": str(max_id)})
         groups: list[dict[str, tuple[str, str | None, dict[str, str]]]] = [
@@ -255,7 +218,7 @@ def run_backend(backend: str, duration: int, workdir: Path) -> dict[str, Any]:
     finally:
         stack.stop()
         if database:
-            asyncio.run(drop_database(database))
+            POSTGRES.drop_database(database)
 
 
 def machine() -> str:

@@ -31,23 +31,23 @@ import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-from sqlalchemy.engine import make_url
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))  # support/: the PostgreSQL server and settings helpers
 
+from support.env import settings_for  # noqa: E402
+from support.postgres import SharedServer  # noqa: E402
 from titanium.config import Settings  # noqa: E402
-from titanium.db.migrations import SERVICES, migrate  # noqa: E402
+from titanium.db.migrations import upgrade_schema  # noqa: E402
+from titanium.services.registry import DATA_SERVICES  # noqa: E402
 
-ADMIN_URL = os.environ.get(
-    "TITANIUM_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+POSTGRES = SharedServer(
+    os.environ.get("TITANIUM_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 )
 CACHE = ROOT / "var" / "bench"
 # Every child gets at most this long; a stuck tool must not hang the benchmark.
@@ -58,29 +58,8 @@ WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", 
 KOREAN = "데이터베이스 마이그레이션 한국어 문장 클라우드 쿠버네티스 서비스 블로그 게시물"
 
 
-def _admin(sql: str) -> None:
-    async def go() -> None:
-        conn = await asyncpg.connect(ADMIN_URL, timeout=10)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
-
-
-def _settings(database: str | None = None, data_dir: Path | None = None) -> Settings:
-    parsed = make_url(ADMIN_URL)
-    if data_dir is not None:
-        return Settings(use_postgres=False, data_dir=data_dir)
-    return Settings(
-        use_postgres=True,
-        postgres_host=parsed.host or "127.0.0.1",
-        postgres_port=parsed.port or 5432,
-        postgres_db=database or "postgres",
-        postgres_user=parsed.username or "postgres",
-        postgres_password=parsed.password or "trust-auth",
-    )
+def _settings(database: str) -> Settings:
+    return settings_for(POSTGRES.env(database))
 
 
 def _paragraphs(rng: random.Random, count: int) -> list[str]:
@@ -108,9 +87,9 @@ def generate(users: int, posts: int) -> tuple[Path, Path]:
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
-    settings = _settings(data_dir=directory)
-    for service in SERVICES:
-        asyncio.run(migrate(settings, service))
+    settings = Settings(use_postgres=False, data_dir=directory)
+    for service in DATA_SERVICES:
+        asyncio.run(upgrade_schema(settings, service))
     rng = random.Random(20251027)
     pool = _paragraphs(rng, 400)
     start = datetime(2024, 1, 1)
@@ -166,10 +145,9 @@ def export_csv(users_db: Path, blog_db: Path) -> dict[str, Path]:
 
 def fresh_database(label: str) -> str:
     """A new database at the schema's head (the same for every tool)."""
-    name = f"titanium_bench_{label}_{uuid.uuid4().hex[:8]}"
-    _admin(f'CREATE DATABASE "{name}"')
-    for service in SERVICES:
-        asyncio.run(migrate(_settings(name), service))
+    name = POSTGRES.create_database(f"titanium_bench_{label}")
+    for service in DATA_SERVICES:
+        asyncio.run(upgrade_schema(_settings(name), service))
     return name
 
 
@@ -214,7 +192,7 @@ def counts(database: str) -> dict[str, int]:
     """Rows per table after a load."""
 
     async def go() -> dict[str, int]:
-        conn = await asyncpg.connect(ADMIN_URL.rsplit("/", 1)[0] + f"/{database}")
+        conn = await POSTGRES.connect(database)
         try:
             return {
                 t: int(await conn.fetchval(f"SELECT count(*) FROM {t}"))
@@ -288,7 +266,7 @@ def bench_psql(users_db: Path, blog_db: Path, logs: Path) -> dict[str, Any]:
     database = fresh_database("psql")
     settings = _settings(database)
     # The schema migration seeds three categories; the CSV brings them again.
-    _admin_db(database, "TRUNCATE categories CASCADE")
+    POSTGRES.execute("TRUNCATE categories CASCADE", database)
     commands = []
     for table, path in files.items():
         commands += ["-c", f"\\copy {table} FROM '{path}' WITH (FORMAT csv, HEADER true)"]
@@ -305,17 +283,6 @@ def bench_psql(users_db: Path, blog_db: Path, logs: Path) -> dict[str, Any]:
     result = run_child(command, logs / "psql.log", env)
     result["database"] = database
     return result
-
-
-def _admin_db(database: str, sql: str) -> None:
-    async def go() -> None:
-        conn = await asyncpg.connect(ADMIN_URL.rsplit("/", 1)[0] + f"/{database}")
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
 
 
 def main() -> None:
@@ -348,7 +315,7 @@ def main() -> None:
         if database:
             results[name]["rows_ok"] = counts(database) == expected
             if not args.keep:
-                _admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+                POSTGRES.drop_database(database)
     base = results["titanium"].get("seconds")
     load = os.getloadavg()[0]
     print(f"\n{rows:,} rows ({args.users:,} users + {args.posts:,} posts), "

@@ -20,13 +20,14 @@ from playwright.sync_api import sync_playwright
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from titanium.config import ServiceName  # noqa: E402
 from titanium.runner import Stack  # noqa: E402
 from titanium.security.tokens import generate_key_pair  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
-PORTS = {"gateway": 18200, "users": 18201, "auth": 18202, "blog": 18205}
+PORTS: dict[ServiceName, int] = {"gateway": 18200, "users": 18201, "auth": 18202, "blog": 18205}
 FCP_ENTRIES = "performance.getEntriesByName('first-contentful-paint')"
 
 

@@ -4,7 +4,6 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,12 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from conftest import ADMIN_URL, RunningStack, free_port, register, run_sql
+from support.api import new_post, register
+from support.database import run_sql
+from support.ports import free_port
+from support.postgres import ADMIN_URL
+from support.stack import RunningStack
+from support.wait import wait_until
 from titanium.db.tables import posts
 from titanium.runner import wait_until_ready
 from titanium.services.blog.cache import Cached, DataVersionWatch, ResponseCache
@@ -44,57 +48,45 @@ def titles(base: str, author: str) -> list[str]:
     return [post["title"] for post in answer.json()]
 
 
-def new_post(live: RunningStack, title: str) -> int:
-    """Id of a post a new user created through the gateway."""
-    user = register(live.client)
-    created = live.client.post(
-        "/blog/api/posts", json={"title": title, "content": "c"}, headers=user["headers"]
-    )
-    assert created.status_code == 201
-    return int(created.json()["id"])
-
-
-def eventually(check: "callable[[], bool]", seconds: float = 2.0) -> bool:  # type: ignore[valid-type]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 @BOTH
 def test_a_write_through_one_replica_reaches_the_other(
     live: RunningStack, second_blog: str
 ) -> None:
     user = register(live.client)
     assert titles(second_blog, user["username"]) == []  # now cached as empty there
-    created = live.client.post(
-        "/blog/api/posts", json={"title": "fresh", "content": "c"}, headers=user["headers"]
-    )
-    assert created.status_code == 201
+    new_post(live.client, user["headers"], title="fresh", content="c")
     # The writing replica answers with the change at once (read your writes) ...
     assert titles(live.stack.url("blog"), user["username"]) == ["fresh"]
     # ... and the other one as soon as PostgreSQL's notification arrives.
-    assert eventually(lambda: titles(second_blog, user["username"]) == ["fresh"])
+    wait_until(
+        lambda: titles(second_blog, user["username"]) == ["fresh"],
+        2.0,
+        "the other replica lists the new post",
+        interval=0.02,
+    )
 
 
 @BOTH
 def test_a_write_outside_the_api_empties_the_cache(live: RunningStack) -> None:
-    post_id = new_post(live, "before")
+    user = register(live.client)
+    post_id = new_post(live.client, user["headers"], title="before", content="c")["id"]
     blog = live.stack.url("blog")
     assert httpx.get(f"{blog}/blog/api/posts/{post_id}").json()["title"] == "before"
     run_sql(
         live.settings, "blog", sa.update(posts).where(posts.c.id == post_id).values(title="psql")
     )
-    assert eventually(
-        lambda: httpx.get(f"{blog}/blog/api/posts/{post_id}").json()["title"] == "psql"
+    wait_until(
+        lambda: httpx.get(f"{blog}/blog/api/posts/{post_id}").json()["title"] == "psql",
+        2.0,
+        "the post read after the outside write",
+        interval=0.02,
     )
 
 
 @pytest.mark.parametrize("live", ["postgresql"], indirect=True)
 def test_without_its_listener_the_cache_answers_nothing(live: RunningStack) -> None:
-    post_id = new_post(live, "one")
+    user = register(live.client)
+    post_id = new_post(live.client, user["headers"], title="one", content="c")["id"]
     blog = live.stack.url("blog")
     database = live.env["POSTGRES_DB"]
 

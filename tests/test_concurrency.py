@@ -5,7 +5,8 @@ import asyncio
 import httpx
 import pytest
 
-from conftest import RunningStack, register
+from support.api import register
+from support.stack import RunningStack
 
 
 def test_fifty_concurrent_post_creations_are_all_stored(live: RunningStack) -> None:

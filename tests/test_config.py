@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
+from support.env import CLEAN
 from titanium.config import Settings, load_settings
 from titanium.errors import ConfigError
-
-CLEAN = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "JWT_", "USE_"))}
+from titanium.services.registry import SERVICES, service_url
 
 
 def serve(service: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -79,3 +79,14 @@ def test_malloc_tuning_applies_on_glibc() -> None:
     from titanium.memory import tune_malloc
 
     assert tune_malloc() is True
+
+
+def test_every_service_url_setting_defaults_to_its_registry_port() -> None:
+    settings = Settings.model_construct()  # the defaults, whatever the environment says
+    callees = [service for service in SERVICES.values() if service.url_setting]
+    assert {s.url_setting for s in callees} == {
+        name for name in Settings.model_fields if name.endswith("_service_url")
+    }
+    for service in callees:
+        assert service_url(settings, service.id) == f"http://127.0.0.1:{service.port}"
+    assert SERVICES["gateway"].url_setting is None

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import jsonschema
@@ -41,12 +41,14 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from conftest import free_port
 from support.checkout import Checkout, load_all
+from support.ports import free_port
 from titanium import __version__
 from titanium.cli import app as cli_app
-from titanium.config import Settings
-from titanium.services.registry import DISPLAY_NAMES, PORTS
+from titanium.config import ServiceName, Settings
+from titanium.services.registry import SERVICES, service_name
+
+pytestmark = pytest.mark.infra  # hadolint, docker, kubectl, an image build
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -359,11 +361,11 @@ def test_dockerfile_is_a_pinned_multi_stage_non_root_image(stages: list[Stage]) 
     assert created, f"{data_dir} must be created writable for uid {uid}"
 
     assert runtime.last("ENTRYPOINT").exec_form() == ["titanium"]
-    command = runtime.last("CMD").exec_form()
-    check_titanium_args(command)
-    assert command[:1] == ["serve"], "the default command serves one service"
+    default_command = runtime.last("CMD").exec_form()
+    check_titanium_args(default_command)
+    assert default_command[:1] == ["serve"], "the default command serves one service"
     exposed = {int(port) for e in runtime.all("EXPOSE") for port in e.value.split()}
-    assert exposed == set(PORTS.values())
+    assert exposed == {s.port for s in SERVICES.values()}
 
 
 def test_dockerfile_labels_come_from_build_args(stages: list[Stage]) -> None:
@@ -629,8 +631,8 @@ def test_image_entrypoint_and_cmd_serve_from_the_built_virtualenv(
             [executable, *argv[1:]], cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT
         )
     health = wait_for_health(port, process, log)
-    service = argv[argv.index("serve") + 1]
-    assert health == {"status": "ok", "service": DISPLAY_NAMES[service]}
+    service = cast(ServiceName, argv[argv.index("serve") + 1])
+    assert health == {"status": "ok", "service": service_name(service)}
 
 
 def _lock() -> dict[str, str]:
@@ -652,7 +654,7 @@ def test_lock_is_exactly_the_dependency_closure_of_the_project(image: BuiltImage
         canonicalize_name(d.metadata["Name"]): d for d in metadata.distributions(path=[str(site)])
     }
     assert "titanium" not in pins, "the project is installed with --no-deps, not locked"
-    project = installed.pop("titanium")
+    project = installed.pop(canonicalize_name("titanium"))
     # The image's virtualenv holds the lock at its versions and nothing else
     # (no pip or setuptools either).
     assert {k: d.version for k, d in installed.items()} == pins
@@ -936,7 +938,7 @@ def test_argocd_path_is_an_overlay_that_renders(
 ) -> None:
     objects = render(checkout, application["spec"]["source"]["path"])
     deployments = {o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"}
-    assert deployments == set(DISPLAY_NAMES.values())
+    assert deployments == {s.name for s in SERVICES.values()}
     namespace = application["spec"]["destination"]["namespace"]
     namespaced = [o for o in objects if o["kind"] not in CLUSTER_SCOPED]
     wrong = {o["metadata"]["name"]: o["metadata"].get("namespace") for o in namespaced}
@@ -974,7 +976,7 @@ def test_compose_file_is_valid(tmp_path: Path) -> None:
 
 def test_compose_uses_the_services_settings_and_commands(compose: dict[str, Any]) -> None:
     services = titanium_services(compose)
-    assert set(DISPLAY_NAMES.values()) <= set(services), "the four services"
+    assert {s.name for s in SERVICES.values()} <= set(services), "the four services"
     used: set[str] = set()
     for name, service in services.items():
         assert "entrypoint" not in service, f"{name}: the image's entrypoint is `titanium`"
@@ -987,14 +989,14 @@ def test_compose_uses_the_services_settings_and_commands(compose: dict[str, Any]
         assert not unknown, f"{name}: not settings the services read: {unknown}"
         used |= set(env)
         if command[0] == "serve":
-            display = DISPLAY_NAMES[command[1]]
+            display = service_name(command[1])
             assert name == display, f"compose service {name} runs {display}"
-            assert command[command.index("--port") + 1] == str(PORTS[command[1]])
+            assert command[command.index("--port") + 1] == str(SERVICES[command[1]].port)
         for key, value in env.items():
             if key.endswith("_SERVICE_URL"):
                 url = urlsplit(value)
-                target = {v: k for k, v in DISPLAY_NAMES.items()}.get(url.hostname or "")
-                assert target and url.port == PORTS[target], f"{name}: {key}={value}"
+                target = {s.name: s.id for s in SERVICES.values()}.get(url.hostname or "")
+                assert target and url.port == SERVICES[target].port, f"{name}: {key}={value}"
     # The seed's and the architecture's names, as the services read them.
     architecture = ARCHITECTURE if ARCHITECTURE.is_file() else CONFIGURATION_DOC
     documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", architecture.read_text(encoding="utf-8")))
@@ -1054,11 +1056,11 @@ def test_compose_runs_migration_first_and_takes_secrets_from_dotenv(
 
     # Secrets: only ${VAR:?message} references, every one with a placeholder in .env.example.
     text = COMPOSE.read_text(encoding="utf-8")
-    for service_name, service in services.items():
+    for compose_name, service in services.items():
         for key, value in (service.get("environment") or {}).items():
             if re.search(r"PASSWORD|SECRET|TOKEN|_USER$|PRIVATE_KEY$", key):
                 assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", str(value)), (
-                    f"{service_name}: {key} must come from .env, not the file"
+                    f"{compose_name}: {key} must come from .env, not the file"
                 )
     referenced = set(re.findall(r"\$\{(\w+)", text))
     example = dict(

@@ -23,8 +23,11 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from conftest import register, start_stack
+from support.api import register
+from support.stack import start_stack
 from titanium.runner import Stack
+
+pytestmark = pytest.mark.stack  # every test fuzzes the services as processes
 
 CHECKS = [
     not_a_server_error,

@@ -33,6 +33,8 @@ from support.checkout import (
 )
 from titanium.ops.sops import find_sops, sealed_path
 
+pytestmark = pytest.mark.infra  # sops, age, kubectl and a clone of the tree
+
 K8S_VERSION = kubernetes_validate.latest_version()
 SEALED_OVERLAY = "k8s/overlays/solid-cloud"
 PATCH = ARGOCD / "repo-server-patch.yaml"

@@ -39,12 +39,18 @@ import kubernetes_validate
 import pytest
 import yaml
 from starlette.applications import Starlette
+from starlette.routing import Route
 
-from conftest import PostgresServer, free_port, register
+from support.api import register
 from support.checkout import Checkout, load_all
+from support.ports import free_port
+from support.postgres import SharedServer
 from titanium import __version__
 from titanium.config import Settings
+from titanium.services import registry
 from titanium.web.service import install_common
+
+pytestmark = pytest.mark.infra  # kubectl kustomize, the Kubernetes schemas
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
@@ -53,13 +59,8 @@ TERRAFORM_MODULES = REPO / "terraform" / "modules"
 
 IMAGE = "titanium"
 # Deployment (and Service) name -> the `titanium serve` argument it must run.
-SERVICES = {
-    "api-gateway": "gateway",
-    "auth-service": "auth",
-    "user-service": "users",
-    "blog-service": "blog",
-}
-DATA_SERVICES = {"user-service", "blog-service"}
+SERVICES = {service.name: service.id for service in registry.SERVICES.values()}
+DATA_SERVICES = {registry.service_name(service) for service in registry.DATA_SERVICES}
 MIGRATION_JOB = "titanium-db-migrate"
 SETTINGS = {name.upper() for name in Settings.model_fields}
 # `titanium serve` gives in-flight requests this long after SIGTERM (cli.py).
@@ -73,7 +74,10 @@ BOOT_TIMEOUT = 30.0
 
 
 def kustomization(directory: Path) -> dict[str, Any]:
-    return yaml.safe_load((directory / "kustomization.yaml").read_text(encoding="utf-8"))
+    parsed: dict[str, Any] = yaml.safe_load(
+        (directory / "kustomization.yaml").read_text(encoding="utf-8")
+    )
+    return parsed
 
 
 @dataclass
@@ -243,8 +247,8 @@ def container_env(overlay: Overlay, container: dict[str, Any]) -> dict[str, str]
 def served_paths() -> set[str]:
     """The operational routes every service's app really has."""
     app = Starlette()
-    install_common(app, service="probe", settings=Settings.model_construct())
-    return {route.path for route in app.routes}  # type: ignore[attr-defined]
+    install_common(app, service="gateway", settings=Settings.model_construct())
+    return {route.path for route in app.routes if isinstance(route, Route)}
 
 
 # --- 1. rendering and 2. schema validation ----------------------------------
@@ -690,11 +694,11 @@ def cluster_network(overlay: Overlay, external: dict[str, tuple[str, dict[int, i
                 network.container_ports[(name_of(deployment), port["containerPort"])] = free_port()
     for service in overlay.of_kind("Service"):
         (target,) = selected_workloads(overlay, {"matchLabels": service["spec"]["selector"]})
-        deployment = overlay.find("Deployment", target)
-        assert deployment is not None
+        workload = overlay.find("Deployment", target)
+        assert workload is not None
         ports = {}
         for port in service["spec"]["ports"]:
-            container_port = declared_port(deployment, port.get("targetPort", port["port"]))
+            container_port = declared_port(workload, port.get("targetPort", port["port"]))
             assert container_port is not None
             ports[port["port"]] = network.container_ports[(target, container_port)]
         network.hosts[name_of(service)] = ("127.0.0.1", ports)
@@ -869,7 +873,7 @@ def test_boots_from_the_manifests(
     database: dict[str, str] = {}
     if overlay.name == "solid-cloud":
         # PostgreSQL is Terraform's: here a throwaway database on the local server.
-        postgres: PostgresServer = request.getfixturevalue("postgres")
+        postgres: SharedServer = request.getfixturevalue("postgres")
         database = postgres.env(postgres.create_database())
         external["postgresql-service"] = (
             database["POSTGRES_HOST"],

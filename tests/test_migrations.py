@@ -5,7 +5,8 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -13,12 +14,19 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 
-from conftest import BACKENDS, settings_for
-from titanium.config import Settings
+from support.database import BACKENDS
+from support.env import settings_for
+from titanium.config import DataService, Settings
 from titanium.db.engine import create_engine
-from titanium.db.migrations import SERVICES, alembic_config, current_revision, migrate
+from titanium.db.migrations import (
+    alembic_config,
+    current_revision,
+    downgrade_schema,
+    upgrade_schema,
+)
 from titanium.db.revisions import REVISIONS, head_revision
 from titanium.db.tables import METADATA
+from titanium.services.registry import DATA_SERVICES, SERVICES
 
 EnvFactory = Callable[[str], dict[str, str]]
 
@@ -64,7 +72,7 @@ def schema_diff(settings: Settings, service: Any) -> list[Any]:
 def test_known_revisions_follow_the_alembic_histories() -> None:
     # /ready reads REVISIONS instead of importing Alembic; a migration added
     # without listing it there would make every pod report "ahead of code".
-    for service in SERVICES:
+    for service in DATA_SERVICES:
         scripts = ScriptDirectory.from_config(alembic_config(service))
         oldest_first = tuple(s.revision for s in scripts.walk_revisions())[::-1]
         assert REVISIONS[service] == oldest_first
@@ -83,11 +91,11 @@ def test_services_do_not_import_alembic() -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_upgrade_downgrade_upgrade(backend: str, database_env: EnvFactory) -> None:
     settings = settings_for(database_env(backend))
-    for service in SERVICES:
-        assert asyncio.run(migrate(settings, service)) == head_revision(service)
-        assert asyncio.run(migrate(settings, service, "downgrade", "base")) is None
+    for service in DATA_SERVICES:
+        assert asyncio.run(upgrade_schema(settings, service)) == head_revision(service)
+        assert asyncio.run(downgrade_schema(settings, service, "base")) is None
         assert asyncio.run(current_revision(settings, service)) is None
-        assert asyncio.run(migrate(settings, service)) == head_revision(service)
+        assert asyncio.run(upgrade_schema(settings, service)) == head_revision(service)
     categories = query(settings, "blog", "SELECT id, slug FROM categories ORDER BY id")
     assert categories == [(1, "tech-stack"), (2, "troubleshooting"), (3, "test")]
 
@@ -95,14 +103,14 @@ def test_upgrade_downgrade_upgrade(backend: str, database_env: EnvFactory) -> No
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_tables_and_migrations_agree(backend: str, database_env: EnvFactory) -> None:
     settings = settings_for(database_env(backend))
-    for service in SERVICES:
-        asyncio.run(migrate(settings, service))
+    for service in DATA_SERVICES:
+        asyncio.run(upgrade_schema(settings, service))
         assert schema_diff(settings, service) == [], service
 
 
 def test_sqlite_runs_in_wal_mode(database_env: EnvFactory) -> None:
     settings = settings_for(database_env("sqlite"))
-    asyncio.run(migrate(settings, "blog"))
+    asyncio.run(upgrade_schema(settings, "blog"))
     assert query(settings, "blog", "PRAGMA journal_mode") == [("wal",)]
     sql = query(settings, "blog", "SELECT sql FROM sqlite_master WHERE name = 'posts'")[0][0]
     assert "AUTOINCREMENT" in sql
@@ -137,8 +145,8 @@ SEED_INDEXES = {
 
 def test_postgresql_schema_matches_the_seed_ddl(database_env: EnvFactory) -> None:
     settings = settings_for(database_env("postgresql"))
-    for service in SERVICES:
-        asyncio.run(migrate(settings, service))
+    for service in DATA_SERVICES:
+        asyncio.run(upgrade_schema(settings, service))
     columns = query(
         settings,
         "users",
@@ -190,7 +198,7 @@ def test_readiness_accepts_a_newer_schema_but_not_an_older_one(database_env: Env
     from titanium.errors import Unavailable
 
     settings = settings_for(database_env("sqlite"))
-    asyncio.run(migrate(settings, "blog"))
+    asyncio.run(upgrade_schema(settings, "blog"))
 
     async def readiness_at(revision: str) -> dict[str, str]:
         db = Database(settings, "blog")
@@ -217,7 +225,7 @@ def test_a_failed_write_block_leaves_nothing_behind(backend: str, database_env: 
     from titanium.db.tables import categories
 
     settings = settings_for(database_env(backend))
-    asyncio.run(migrate(settings, "blog"))
+    asyncio.run(upgrade_schema(settings, "blog"))
 
     async def write_then_fail() -> None:
         db = Database(settings, "blog")
@@ -231,3 +239,13 @@ def test_a_failed_write_block_leaves_nothing_behind(backend: str, database_env: 
     with pytest.raises(RuntimeError):
         asyncio.run(write_then_fail())
     assert query(settings, "blog", "SELECT count(*) FROM categories WHERE slug = 'half'") == [(0,)]
+
+
+def test_the_registry_names_every_data_service_its_tables_and_history() -> None:
+    assert set(DATA_SERVICES) == set(get_args(DataService)) == set(REVISIONS) == set(METADATA)
+    for service in DATA_SERVICES:
+        assert set(SERVICES[service].tables) == set(METADATA[service].tables), service
+        versions = Path(alembic_config(service).get_main_option("script_location") or "")
+        assert (versions / "versions").is_dir(), versions
+    owners = [s.id for s in SERVICES.values() if s.tables]
+    assert tuple(owners) == DATA_SERVICES

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,13 +13,16 @@ import asyncpg
 import httpx
 import pytest
 
-from conftest import ADMIN_URL, PostgresServer, PrivateServer, RunningStack, settings_for
-from titanium.db.migrations import SERVICES, migrate
+from support.env import CLEAN, settings_for
+from support.postgres import ADMIN_URL, PrivateServer, SharedServer
+from support.stack import RunningStack
+from support.wait import wait_until
+from titanium.db.migrations import upgrade_schema
 from titanium.ops.checks import Status
 from titanium.ops.kubectl import check_pods, check_volume_claims
+from titanium.services.registry import DATA_SERVICES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kubectl"
-CLEAN = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "JWT_", "USE_"))}
 
 
 def titanium(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -36,18 +38,6 @@ def titanium(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 def verify(live: RunningStack) -> tuple[int, list[dict[str, Any]]]:
     result = titanium("verify", live.gateway, "--json", "--timeout", "5")
     return result.returncode, json.loads(result.stdout)["steps"]
-
-
-def wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/ready").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} not ready")
 
 
 def test_verify_passes_and_cleans_up(live: RunningStack) -> None:
@@ -76,7 +66,13 @@ def test_verify_names_the_step_when_a_service_is_stopped(live: RunningStack) -> 
         code, steps = verify(live)
     finally:
         live.stack.start_one("blog")
-        wait_ready(live.stack.url("blog"))
+        blog = live.stack.url("blog")
+        wait_until(
+            lambda: httpx.get(f"{blog}/ready").status_code == 200,
+            30,
+            f"{blog} ready",
+            ignoring=(httpx.HTTPError,),
+        )
     assert code == 1
     failed = [s for s in steps if not s["ok"]]
     assert failed[0]["name"] == "ready"
@@ -122,12 +118,12 @@ def failing(checks: list[dict[str, str]]) -> dict[str, dict[str, str]]:
 
 
 @pytest.fixture
-def pg_env(postgres: PostgresServer) -> Callable[[bool], dict[str, str]]:
+def pg_env(postgres: SharedServer) -> Callable[[bool], dict[str, str]]:
     def make(migrated: bool) -> dict[str, str]:
         env = postgres.env(postgres.create_database())
         if migrated:
-            for service in SERVICES:
-                asyncio.run(migrate(settings_for(env), service))
+            for service in DATA_SERVICES:
+                asyncio.run(upgrade_schema(settings_for(env), service))
         return env
 
     return make
@@ -162,7 +158,7 @@ def test_doctor_names_a_wrong_password(private_postgres: PrivateServer) -> None:
     assert "POSTGRES_PASSWORD" in auth["fix"]
 
 
-def test_doctor_names_a_missing_database(postgres: PostgresServer) -> None:
+def test_doctor_names_a_missing_database(postgres: SharedServer) -> None:
     code, checks = doctor(postgres.env("titanium_no_such_database"), "--no-cluster")
     assert code == 1
     missing = failing(checks)["database"]
@@ -181,8 +177,8 @@ def test_doctor_names_a_schema_behind_head(pg_env: Callable[[bool], dict[str, st
 
 def test_doctor_checks_sqlite_files(tmp_path: Path) -> None:
     env = {"DATA_DIR": str(tmp_path)}
-    for service in SERVICES:
-        asyncio.run(migrate(settings_for(env), service))
+    for service in DATA_SERVICES:
+        asyncio.run(upgrade_schema(settings_for(env), service))
     code, checks = doctor(env, "--no-cluster")
     assert code == 0, checks
     passed = [(c["group"], c["name"]) for c in checks if c["status"] == "PASS"]
@@ -208,8 +204,8 @@ def with_fake_kubectl(tmp_path: Path, scenario: str) -> dict[str, str]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "kubectl").symlink_to(FIXTURES / "fake_kubectl.py")
-    for service in SERVICES:
-        asyncio.run(migrate(settings_for({"DATA_DIR": str(tmp_path)}), service))
+    for service in DATA_SERVICES:
+        asyncio.run(upgrade_schema(settings_for({"DATA_DIR": str(tmp_path)}), service))
     return {
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "KUBECTL_FIXTURES": str(FIXTURES / scenario),

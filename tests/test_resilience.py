@@ -2,23 +2,36 @@
 
 These tests own a PostgreSQL server of their own (`private_postgres`), so they can
 stop it, freeze it and kill its backends without touching anything else.
+
+No test here bounds how long something took (decision 16: timings are measurements,
+in bench/). Each asserts what a bound stood for: the answer's status and headers, or
+that it came while the fault still held. Timeouts only stop a test that hangs.
 """
 
 import asyncio
 import os
 import signal
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import PrivateServer, register, start_stack
+from support.api import register
+from support.postgres import PrivateServer
+from support.stack import start_stack
+from support.wait import wait_until
+from titanium.config import ServiceName
 from titanium.runner import Stack
+
+pytestmark = pytest.mark.stack  # every test runs the services as processes
 
 
 @dataclass
@@ -31,6 +44,11 @@ class Outcome:
     seconds: float
     post_id: int | None = None
     title: str = ""
+    retry_after: str | None = None
+
+    @property
+    def ended(self) -> float:
+        return self.started + self.seconds
 
 
 class Load:
@@ -54,6 +72,7 @@ class Load:
 
     async def _run(self) -> None:
         deadline = time.monotonic() + 120
+        # The client timeout only stops a request that hangs (recorded with status None).
         async with httpx.AsyncClient(base_url=self.gateway, timeout=30) as client:
 
             async def worker(number: int) -> None:
@@ -67,7 +86,7 @@ class Load:
 
     async def _one(self, client: httpx.AsyncClient, kind: str, title: str) -> None:
         started = time.monotonic()
-        status, post_id = None, None
+        status, post_id, retry_after = None, None, None
         try:
             if kind == "write":
                 body = {"title": title, "content": "load"}
@@ -77,15 +96,34 @@ class Load:
             else:
                 response = await client.get("/blog/api/posts", params={"limit": 5})
             status = response.status_code
+            retry_after = response.headers.get("retry-after")
         except httpx.HTTPError:
             status = None
         self.outcomes.append(
-            Outcome(kind, status, started, time.monotonic() - started, post_id, title)
+            Outcome(kind, status, started, time.monotonic() - started, post_id, title, retry_after)
         )
 
     def between(self, start: float, end: float) -> list[Outcome]:
         """Outcomes of requests started in [start, end)."""
         return [o for o in self.outcomes if start <= o.started < end]
+
+    def wait_for(
+        self, count: int, *, since: float = 0.0, writes: bool = False, timeout: float = 60
+    ) -> None:
+        """Wait until `count` requests started at `since` or later have ended.
+
+        `writes`: count acknowledged writes only. A condition instead of a sleep, so
+        a slow machine makes the test slower, not emptier.
+        """
+
+        def enough() -> bool:
+            done = [o for o in list(self.outcomes) if o.started >= since]
+            if writes:
+                done = [o for o in done if o.kind == "write" and o.status == 201]
+            return len(done) >= count
+
+        what = "acknowledged writes" if writes else "requests"
+        wait_until(enough, timeout, f"{count} {what} of the load")
 
 
 @pytest.fixture(scope="module")
@@ -103,16 +141,11 @@ def ensure_running(server: PrivateServer) -> None:
         server.start()
 
 
-def wait_until(predicate: "callable[[], bool]", timeout: float) -> float:  # type: ignore[valid-type]
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        try:
-            if predicate():
-                return time.monotonic() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"not true within {timeout}s")
+def assert_refused_for_now(response: httpx.Response) -> None:
+    """A 503 made by Titanium (not a proxy's or a client's timeout), telling when to retry."""
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["status"] == "failed"
 
 
 def assert_writes_durable(gateway: str, outcomes: list[Outcome]) -> int:
@@ -125,36 +158,59 @@ def assert_writes_durable(gateway: str, outcomes: list[Outcome]) -> int:
     return len(acknowledged)
 
 
-def test_database_outage_gives_fast_503_and_recovers(
+def test_database_outage_gives_503_with_retry_after_and_recovers(
     pg_stack: Stack, private_postgres: PrivateServer
 ) -> None:
     gateway = pg_stack.url("gateway")
     user = register(httpx.Client(base_url=gateway, timeout=10))
     with Load(gateway, user["headers"]) as load:
-        time.sleep(2)
-        stopped_at = time.monotonic()
+        load.wait_for(10, writes=True)
         private_postgres.stop()
+        down_at = time.monotonic()
         try:
-            time.sleep(4)
-            with httpx.Client(base_url=gateway, timeout=5) as client:
-                started = time.monotonic()
-                assert client.get("/health").status_code == 200
-                assert time.monotonic() - started < 0.5
+            with httpx.Client(base_url=gateway, timeout=10) as client:
+                # Liveness needs no database, or an outage would restart every pod.
+                for health in (f"{gateway}/health", f"{pg_stack.url('blog')}/health"):
+                    assert client.get(health).json()["status"] == "ok"
+                # Refused at once with a hint, not held until the database returns: the
+                # database comes back only after these answers.
+                assert_refused_for_now(client.get("/blog/api/posts", params={"offset": 7919}))
+                assert_refused_for_now(
+                    client.post(
+                        "/blog/api/posts",
+                        json={"title": "during the outage", "content": "c"},
+                        headers=user["headers"],
+                    )
+                )
+            load.wait_for(40, since=down_at)
         finally:
             restarted_at = time.monotonic()
             private_postgres.start()
-        recovered = wait_until(
-            lambda: httpx.get(f"{pg_stack.url('blog')}/ready").status_code == 200, 10
+        wait_until(
+            lambda: httpx.get(f"{pg_stack.url('blog')}/ready").status_code == 200,
+            30,
+            "blog-service ready after the database restarted",
+            ignoring=(httpx.HTTPError,),
         )
-        time.sleep(3)
-    during = load.between(stopped_at + 1, restarted_at)
+        ready_at = time.monotonic()
+        load.wait_for(40, since=ready_at)
+    # Sent and answered while the database was down.
+    during = [o for o in load.outcomes if o.started >= down_at and o.ended < restarted_at]
     assert during, "no traffic during the outage"
-    assert {o.status for o in during} <= {503}, sorted({o.status for o in during}, key=str)
-    assert max(o.seconds for o in during) < 2
-    after = load.between(restarted_at + recovered + 1, restarted_at + 60)
-    assert after and all(o.status in (200, 201) for o in after)
+    assert all(o.status == 503 and o.retry_after == "1" for o in during), sorted(
+        {(o.status, o.retry_after) for o in during}, key=str
+    )
+    after = load.between(ready_at, float("inf"))
+    assert after and all(o.status in (200, 201) for o in after), sorted(
+        {o.status for o in after}, key=str
+    )
     assert all(o.status != 500 for o in load.outcomes)
-    assert assert_writes_durable(gateway, load.outcomes) > 10
+    assert assert_writes_durable(gateway, load.outcomes) >= 10
+
+
+# Longer than any wait Titanium allows itself on the database (statement timeout 3 s,
+# pool wait 2 s), so a request that waits for the thaw instead stands out.
+FREEZE_SECONDS = 20
 
 
 def test_frozen_database_backends_time_out_and_recover(
@@ -165,31 +221,40 @@ def test_frozen_database_backends_time_out_and_recover(
     database = pg_stack.env["POSTGRES_DB"]
     user = register(httpx.Client(base_url=gateway, timeout=10))
     with Load(gateway, user["headers"], workers=6) as load:
-        time.sleep(2)
+        load.wait_for(5, writes=True)
         frozen = private_postgres.backend_pids(database)
         assert frozen, "no backend connections to freeze"
-        frozen_at = time.monotonic()
         for pid in frozen:
             os.kill(pid, signal.SIGSTOP)
+        frozen_at = time.monotonic()
         try:
-            time.sleep(3)
-            started = time.monotonic()
-            assert httpx.get(f"{gateway}/health", timeout=5).status_code == 200
-            assert time.monotonic() - started < 0.5
-            time.sleep(17)
+            for health in (f"{gateway}/health", f"{pg_stack.url('blog')}/health"):
+                assert httpx.get(health, timeout=10).json()["status"] == "ok"
+            time.sleep(max(0.0, frozen_at + FREEZE_SECONDS - time.monotonic()))
         finally:
             thawed_at = time.monotonic()
             for pid in frozen:
                 os.kill(pid, signal.SIGCONT)
-        recovered = wait_until(
-            lambda: httpx.get(f"{gateway}/blog/api/posts", timeout=5).status_code == 200, 10
+        wait_until(
+            lambda: httpx.get(f"{gateway}/blog/api/posts", timeout=5).status_code == 200,
+            30,
+            "the post list answers after the thaw",
+            ignoring=(httpx.HTTPError,),
         )
-        time.sleep(2)
-    during = load.between(frozen_at, thawed_at - 6)
-    assert during
-    assert all(o.seconds < 6 for o in during), max(o.seconds for o in during)
-    assert {o.status for o in during if o.status not in (200, 201)} <= {503, 504}
-    assert recovered < 10
+    # Requests in flight during the freeze's first half had at least half of it to get
+    # their answer: each one came while the backends were still frozen, from a timeout
+    # of Titanium's own, not from the thaw.
+    exposed = [
+        o
+        for o in load.outcomes
+        if o.ended > frozen_at and o.started < frozen_at + FREEZE_SECONDS / 2
+    ]
+    assert exposed, "no traffic during the freeze"
+    waited_for_thaw = [o for o in exposed if o.ended >= thawed_at]
+    assert not waited_for_thaw, waited_for_thaw[:5]
+    assert {o.status for o in exposed} <= {200, 201, 503, 504}, sorted(
+        {o.status for o in exposed}, key=str
+    )
     assert all(o.status != 500 for o in load.outcomes)
     assert_writes_durable(gateway, load.outcomes)
 
@@ -223,7 +288,11 @@ def test_a_killed_backend_loses_no_acknowledged_write(
         victim = private_postgres.backend_pids(pg_stack.env["POSTGRES_DB"])[0]
         os.kill(victim, signal.SIGKILL)  # the server restarts every backend
         time.sleep(1)
-        wait_until(lambda: httpx.get(f"{gateway}/blog/api/posts").status_code == 200, 15)
+        wait_until(
+            lambda: httpx.get(f"{gateway}/blog/api/posts").status_code == 200,
+            15,
+            ignoring=(httpx.HTTPError,),
+        )
         time.sleep(2)
     assert all(o.status != 500 for o in load.outcomes)
     assert assert_writes_durable(gateway, load.outcomes) > 5
@@ -236,15 +305,16 @@ def test_pool_exhaustion_is_a_bounded_wait_then_503(
     gateway = pg_stack.url("gateway")
     database = pg_stack.env["POSTGRES_DB"]
 
-    async def scenario() -> tuple[list[httpx.Response | Exception], float, int]:
+    async def scenario() -> tuple[list[httpx.Response | BaseException], int]:
         locker = await private_postgres.connect(database)
         watcher = await private_postgres.connect(database)
         try:
-            # Every query on posts now waits: requests hold their connections.
+            # Every query on posts now waits: requests hold their connections. The lock
+            # is held until every answer is in, so only waits Titanium bounds itself (pool
+            # wait, statement timeout) can end them; the client's timeout stops a hang.
             transaction = locker.transaction()
             await transaction.start()
             await locker.execute("LOCK TABLE posts IN ACCESS EXCLUSIVE MODE")
-            started = time.monotonic()
             async with httpx.AsyncClient(base_url=gateway, timeout=30) as client:
                 # Distinct pages, so no answer can come from blog-service's cache.
                 requests = [client.get("/blog/api/posts", params={"offset": i}) for i in range(40)]
@@ -254,19 +324,45 @@ def test_pool_exhaustion_is_a_bounded_wait_then_503(
                     "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'titanium-blog'"
                 )
                 responses = await gathered
-            elapsed = time.monotonic() - started
             await transaction.rollback()
         finally:
             await locker.close()
             await watcher.close()
-        return responses, elapsed, peak
+        return responses, peak
 
-    responses, elapsed, peak = asyncio.run(scenario())
+    responses, peak = asyncio.run(scenario())
     statuses = [r.status_code if isinstance(r, httpx.Response) else repr(r) for r in responses]
-    assert set(statuses) <= {503}, statuses
-    assert elapsed < 12
+    assert statuses == [503] * 40, statuses
+    answers = [r for r in responses if isinstance(r, httpx.Response)]
+    for answer in answers:
+        assert_refused_for_now(answer)
+    # Requests beyond the pool's width were turned away when their wait ran out (2 s),
+    # before any connection came free (3 s statement timeout): with an unbounded wait
+    # they would be served those connections and end "unavailable" too.
+    messages = Counter(answer.json()["message"] for answer in answers)
+    assert messages["the database is busy, retry shortly"] > 0, messages
     assert peak <= int(pg_stack.env.get("DB_POOL_SIZE", "10"))
     assert httpx.get(f"{gateway}/blog/api/posts").status_code == 200
+
+
+def unread_requests(port: int) -> int:
+    """Connections to 127.0.0.1:`port` holding bytes its server process has not read yet."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, _remote, state, queues = line.split()[1:5]
+        local_port, unread = int(local.split(":")[1], 16), int(queues.split(":")[1], 16)
+        if state == "01" and local_port == port and unread > 0:  # 01: ESTABLISHED
+            count += 1
+    return count
+
+
+def accepts_connections(host: str, port: int) -> bool:
+    """True while something listens on host:port."""
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError:
+        return False
+    return True
 
 
 def test_graceful_shutdown_finishes_in_flight_requests(
@@ -275,49 +371,96 @@ def test_graceful_shutdown_finishes_in_flight_requests(
     ensure_running(private_postgres)
     gateway = pg_stack.url("gateway")
     user = register(httpx.Client(base_url=gateway, timeout=10))
-    with Load(gateway, user["headers"], workers=8) as load:
-        time.sleep(2)
-        process = pg_stack.processes["blog"]
-        signalled = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=15)
-        exited_after = time.monotonic() - signalled
-        time.sleep(1)
-        pg_stack.processes.pop("blog")
+    users, blog = pg_stack.processes["users"], pg_stack.processes["blog"]
+    titles = [f"in flight {i} {uuid.uuid4().hex[:6]}" for i in range(4)]
+
+    def write(title: str) -> httpx.Response:
+        body = {"title": title, "content": "sent before the SIGTERM"}
+        return httpx.post(
+            f"{gateway}/blog/api/posts", json=body, headers=user["headers"], timeout=30
+        )
+
+    # blog-service asks user-service about the account before every write (decision 13):
+    # with user-service stopped, the writes wait inside blog-service, in flight, until it
+    # continues (blog-service gives up after UPSTREAM_TIMEOUT_SECONDS, 10 s).
+    os.kill(users.pid, signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(len(titles)) as senders:
+            writes = [senders.submit(write, title) for title in titles]
+            try:
+                wait_until(
+                    lambda: unread_requests(pg_stack.ports["users"]) >= len(titles),
+                    10,
+                    "every write waiting inside blog-service for user-service",
+                )
+                blog.send_signal(signal.SIGTERM)
+                # uvicorn closes its listening socket first: the shutdown has begun, and
+                # the process stays, waiting for the writes it has in flight.
+                wait_until(
+                    lambda: not accepts_connections(pg_stack.host, pg_stack.ports["blog"]),
+                    10,
+                    "blog-service stops listening after SIGTERM",
+                )
+                assert blog.poll() is None, "blog-service exited with writes in flight"
+            finally:
+                os.kill(users.pid, signal.SIGCONT)  # the writes go on from here
+            answers = [future.result() for future in writes]
+        assert [a.status_code for a in answers] == [201] * len(titles), [a.text for a in answers]
+        # The wait is only there to stop a hung test: exiting is the property.
+        blog.wait(timeout=30)
+        # uvicorn re-raises the signal after a clean shutdown: -SIGTERM, not a crash code.
+        assert blog.returncode in (0, -signal.SIGTERM)
+        # Gone, it is a clean refusal at the gateway.
+        assert_refused_for_now(httpx.get(f"{gateway}/blog/api/posts", timeout=10))
+    finally:
+        # Whatever failed above, the module's stack goes on with a fresh blog-service.
+        pg_stack.stop_one("blog")
         pg_stack.start_one("blog")
-        wait_until(lambda: httpx.get(f"{pg_stack.url('blog')}/ready").status_code == 200, 20)
-        time.sleep(1)
-    assert exited_after < 10
-    # uvicorn re-raises the signal after a clean shutdown: -SIGTERM, not a crash code.
-    assert process.returncode in (0, -signal.SIGTERM)
-    statuses = {o.status for o in load.outcomes}
-    assert statuses <= {200, 201, 502, 503}, statuses
-    assert assert_writes_durable(gateway, load.outcomes) > 5
+        wait_until(
+            lambda: httpx.get(f"{pg_stack.url('blog')}/ready").status_code == 200,
+            30,
+            "blog-service ready after its restart",
+            ignoring=(httpx.HTTPError,),
+        )
+    with httpx.Client(base_url=gateway, timeout=10) as client:
+        for answer in answers:
+            stored = client.get(f"/blog/api/posts/{answer.json()['id']}")
+            assert stored.status_code == 200
+            assert stored.json()["title"] == answer.json()["title"]
+    assert sorted(a.json()["title"] for a in answers) == sorted(titles)
 
 
-def test_a_stopped_downstream_is_a_fast_json_error(pg_stack: Stack) -> None:
+def test_a_stopped_downstream_is_a_json_503(pg_stack: Stack) -> None:
     gateway = pg_stack.url("gateway")
-    for service, path, body in [
-        ("auth", "/api/login", {"username": "someone", "password": "whatever1"}),
+    downstreams: list[tuple[ServiceName, str, str, dict[str, str]]] = [
+        ("auth", "auth-service", "/api/login", {"username": "someone", "password": "whatever1"}),
         (
             "users",
+            "user-service",
             "/api/register",
             {"username": "someone", "email": "s@x.io", "password": "pw123456"},
         ),
-    ]:
-        pg_stack.stop_one(service)  # type: ignore[arg-type]
+    ]
+    for service, name, path, body in downstreams:
+        pg_stack.stop_one(service)
         try:
-            started = time.monotonic()
+            # Connection refused is answered at once; the timeout only stops a hang.
             response = httpx.post(f"{gateway}{path}", json=body, timeout=10)
-            assert time.monotonic() - started < 2
-            assert response.status_code in (502, 503)
-            assert response.json()["status"] == "failed"
+            assert_refused_for_now(response)
+            assert response.json()["message"] == f"{name} is unavailable"
             assert httpx.get(f"{gateway}/blog/api/posts").status_code == 200
         finally:
-            pg_stack.start_one(service)  # type: ignore[arg-type]
+            pg_stack.start_one(service)
+
+            def ready(url: str = pg_stack.url(service)) -> bool:
+                return httpx.get(f"{url}/ready").status_code == 200
+
             wait_until(
-                lambda s=service: httpx.get(f"{pg_stack.url(s)}/ready").status_code == 200, 20
-            )  # type: ignore[misc]
+                ready,
+                30,
+                f"{service} ready after its restart",
+                ignoring=(httpx.HTTPError,),
+            )
 
 
 def _rss_kib(pid: int) -> int:
@@ -358,13 +501,16 @@ def test_oversized_bodies_are_refused_without_being_read(pg_stack: Stack) -> Non
     assert _rss_kib(gateway_pid) - before < 50 * 1024
 
 
-async def _aiter(chunks: Iterator[bytes]):  # type: ignore[no-untyped-def]
+async def _aiter(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
     for chunk in chunks:
         yield chunk
 
 
+WRITERS, WRITES_EACH = 16, 25
+
+
 def test_sqlite_sixteen_writers_never_see_a_locked_database(
-    database_env: "callable[[str], dict[str, str]]",  # type: ignore[valid-type]
+    database_env: Callable[[str], dict[str, str]],
     keys: dict[str, str],
     tmp_path: Path,
 ) -> None:
@@ -374,12 +520,14 @@ def test_sqlite_sixteen_writers_never_see_a_locked_database(
         user = register(httpx.Client(base_url=gateway, timeout=10))
 
         async def writers() -> list[tuple[int, int | None, str]]:
-            deadline = time.monotonic() + 10
+            # A count of writes, not a duration: the contention is the same on a slow
+            # machine. The deadline only stops a run that hangs.
+            deadline = time.monotonic() + 120
             results: list[tuple[int, int | None, str]] = []
             async with httpx.AsyncClient(base_url=gateway, timeout=30) as client:
 
                 async def writer(n: int) -> None:
-                    for i in range(10_000):
+                    for i in range(WRITES_EACH):
                         if time.monotonic() > deadline:
                             return
                         title = f"sqlite {n}-{i}-{uuid.uuid4().hex[:6]}"
@@ -390,13 +538,13 @@ def test_sqlite_sixteen_writers_never_see_a_locked_database(
                         post_id = response.json().get("id") if response.status_code == 201 else None
                         results.append((response.status_code, post_id, title))
 
-                await asyncio.gather(*(writer(n) for n in range(16)))
+                await asyncio.gather(*(writer(n) for n in range(WRITERS)))
             return results
 
         results = asyncio.run(writers())
         statuses = {status for status, _, _ in results}
         assert statuses == {201}, statuses
-        assert len(results) > 100
+        assert len(results) == WRITERS * WRITES_EACH, "the writers did not finish in 120 s"
         listed = httpx.get(
             f"{gateway}/blog/api/posts", params={"author": user["username"], "limit": 1}
         )

@@ -12,12 +12,16 @@ import re
 import shutil
 import subprocess
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import hcl2
 import pytest
+
+pytestmark = pytest.mark.infra  # the Terraform tree, checkov
 
 REPO = Path(__file__).resolve().parents[1]
 TERRAFORM = REPO / "terraform"
@@ -45,9 +49,10 @@ HCL_OPTIONS = hcl2.SerializationOptions(
 )
 
 
-def parse(path: Path) -> dict:
+def parse(path: Path) -> dict[str, Any]:
     with path.open(encoding="utf-8") as handle:
-        return hcl2.load(handle, serialization_options=HCL_OPTIONS)
+        parsed: dict[str, Any] = hcl2.load(handle, serialization_options=HCL_OPTIONS)
+    return parsed
 
 
 def tf_files() -> list[Path]:
@@ -67,16 +72,16 @@ class Config:
     """The blocks of one Terraform directory (a module or an environment)."""
 
     path: Path
-    variables: dict
-    outputs: dict
-    locals: dict
-    modules: dict
-    resources: dict  # "type.name" -> body
-    data: dict  # "type.name" -> body
-    terraform: list
+    variables: dict[str, Any]
+    outputs: dict[str, Any]
+    locals: dict[str, Any]
+    modules: dict[str, Any]
+    resources: dict[str, Any]  # "type.name" -> body
+    data: dict[str, Any]  # "type.name" -> body
+    terraform: list[dict[str, Any]]
 
     @property
-    def required_providers(self) -> dict:
+    def required_providers(self) -> dict[str, Any]:
         return {
             name: spec
             for block in self.terraform
@@ -90,15 +95,15 @@ class Config:
 
 @cache
 def load_config(directory: Path) -> Config:
-    blocks = defaultdict(list)
+    blocks: defaultdict[str, list[Any]] = defaultdict(list)
     for path in sorted(directory.glob("*.tf")):
         for kind, entries in parse(path).items():
             blocks[kind].extend(entries)
 
-    def labelled(kind):
+    def labelled(kind: str) -> dict[str, Any]:
         return {name: body for entry in blocks[kind] for name, body in entry.items()}
 
-    def typed(kind):
+    def typed(kind: str) -> dict[str, Any]:
         return {
             f"{type_}.{name}": body
             for entry in blocks[kind]
@@ -118,7 +123,7 @@ def load_config(directory: Path) -> Config:
     )
 
 
-def expressions(node):
+def expressions(node: Any) -> Iterator[str]:
     """Every string in a parsed body that holds an interpolation."""
     if isinstance(node, dict):
         for value in node.values():
@@ -145,7 +150,7 @@ def references(config: Config, pattern: str) -> set[tuple[str, ...]]:
     return {match.groups() for text in expressions(bodies) for match in regex.finditer(text)}
 
 
-def resolve(value, config: Config):
+def resolve(value: Any, config: Config) -> Any:
     """Follow a bare ${local.x} or ${var.x} (its default) to a literal value."""
     while isinstance(value, str):
         match = re.fullmatch(r"\$\{(local|var)\.(\w+)\}", value)
@@ -156,16 +161,17 @@ def resolve(value, config: Config):
     return value
 
 
-def one(blocks: list) -> dict:
+def one(blocks: list[Any]) -> dict[str, Any]:
     """The single nested block HCL-to-JSON wraps in a list."""
     assert len(blocks) == 1, blocks
-    return blocks[0]
+    block: dict[str, Any] = blocks[0]
+    return block
 
 
 # 1. Parsing -----------------------------------------------------------------
 
 
-def test_tree_has_the_expected_layout():
+def test_tree_has_the_expected_layout() -> None:
     for name in MODULE_NAMES:
         missing = [f for f in MODULE_FILES if not (MODULES / name / f).is_file()]
         assert not missing, f"modules/{name} lacks {missing}"
@@ -176,7 +182,7 @@ def test_tree_has_the_expected_layout():
 
 
 @pytest.mark.parametrize("path", tf_files(), ids=rel)
-def test_tf_file_parses(path):
+def test_tf_file_parses(path: Path) -> None:
     assert parse(path), f"{rel(path)} holds no blocks"
 
 
@@ -184,7 +190,7 @@ def test_tf_file_parses(path):
 
 
 @pytest.mark.parametrize("directory", config_dirs(), ids=rel)
-def test_references_resolve(directory):
+def test_references_resolve(directory: Path) -> None:
     config = load_config(directory)
     resource_types = "|".join(re.escape(p) for p in config.required_providers)
     assert resource_types, f"{rel(directory)} declares no required_providers"
@@ -214,7 +220,7 @@ def test_references_resolve(directory):
 
 
 @pytest.mark.parametrize("directory", config_dirs(), ids=rel)
-def test_resources_use_declared_providers(directory):
+def test_resources_use_declared_providers(directory: Path) -> None:
     config = load_config(directory)
     undeclared = {
         key
@@ -224,7 +230,7 @@ def test_resources_use_declared_providers(directory):
     assert not undeclared, f"{rel(directory)}: provider not in required_providers for {undeclared}"
 
 
-def test_module_calls_match_module_variables():
+def test_module_calls_match_module_variables() -> None:
     calls = [(load_config(d), name) for d in config_dirs() for name in load_config(d).modules]
     assert calls, "no module block found"
     for caller, name in calls:
@@ -241,7 +247,7 @@ def test_module_calls_match_module_variables():
 # 3. Conventions ---------------------------------------------------------------
 
 
-def all_variables():
+def all_variables() -> list[tuple[str, str, dict[str, Any]]]:
     return [
         (rel(d), name, body)
         for d in config_dirs()
@@ -249,7 +255,7 @@ def all_variables():
     ]
 
 
-def test_every_variable_has_type_and_description():
+def test_every_variable_has_type_and_description() -> None:
     bad = [
         f"{d}: {name}"
         for d, name, body in all_variables()
@@ -258,7 +264,7 @@ def test_every_variable_has_type_and_description():
     assert not bad, f"variables without type or description: {bad}"
 
 
-def test_every_output_has_description():
+def test_every_output_has_description() -> None:
     bad = [
         f"{rel(d)}: {name}"
         for d in config_dirs()
@@ -268,7 +274,7 @@ def test_every_output_has_description():
     assert not bad, f"outputs without description: {bad}"
 
 
-def test_secret_variables_are_sensitive_without_default():
+def test_secret_variables_are_sensitive_without_default() -> None:
     secrets = [(d, name, body) for d, name, body in all_variables() if SECRET_NAME.search(name)]
     assert secrets, "no secret-looking variable found; the pattern no longer matches anything"
     bad = [
@@ -280,7 +286,7 @@ def test_secret_variables_are_sensitive_without_default():
 
 
 @pytest.mark.parametrize("directory", config_dirs(), ids=rel)
-def test_versions_pin_terraform_and_providers(directory):
+def test_versions_pin_terraform_and_providers(directory: Path) -> None:
     versions = parse(directory / "versions.tf")
     terraform = one(versions["terraform"])
     assert str(terraform.get("required_version", "")).strip(), "required_version missing"
@@ -294,7 +300,7 @@ def test_versions_pin_terraform_and_providers(directory):
 
 
 @pytest.mark.parametrize("name", MODULE_NAMES)
-def test_module_readme_lists_inputs_and_outputs(name):
+def test_module_readme_lists_inputs_and_outputs(name: str) -> None:
     config = load_config(MODULES / name)
     readme = (MODULES / name / "README.md").read_text(encoding="utf-8")
     undocumented = [n for n in [*config.variables, *config.outputs] if f"`{n}`" not in readme]
@@ -309,7 +315,7 @@ CREDENTIAL_ASSIGNMENT = re.compile(
 PLACEHOLDER = re.compile(r"<[^<>]+>")
 
 
-def test_no_hard_coded_credentials():
+def test_no_hard_coded_credentials() -> None:
     findings = []
     files = [p for p in TERRAFORM.rglob("*") if p.is_file() and ".terraform" not in p.parts]
     for path in files:
@@ -322,7 +328,7 @@ def test_no_hard_coded_credentials():
     assert not findings, f"credential literals in terraform/: {findings}"
 
 
-def test_tfvars_example_is_complete_and_holds_placeholders_only():
+def test_tfvars_example_is_complete_and_holds_placeholders_only() -> None:
     example = parse(TFVARS_EXAMPLE)
     variables = load_config(ENVIRONMENT).variables
     assert set(example) <= set(variables), f"unknown keys {set(example) - set(variables)}"
@@ -351,7 +357,7 @@ def test_tfvars_example_is_complete_and_holds_placeholders_only():
         (".terraform.lock.hcl", False),
     ],
 )
-def test_gitignore_keeps_secrets_and_state_out(path, ignored):
+def test_gitignore_keeps_secrets_and_state_out(path: Path, ignored: bool) -> None:
     target = rel(ENVIRONMENT / path)
     result = subprocess.run(
         ["git", "check-ignore", "--no-index", "-q", target],
@@ -365,7 +371,7 @@ def test_gitignore_keeps_secrets_and_state_out(path, ignored):
     )
 
 
-def test_checkov_skips_carry_a_reason():
+def test_checkov_skips_carry_a_reason() -> None:
     skips = [
         (f"{rel(p)}:{n}", line.split("checkov:skip=", 1)[1].strip())
         for p in tf_files()
@@ -391,7 +397,7 @@ def checkov_executable() -> str:
     return found
 
 
-def test_checkov_finds_nothing_unexplained():
+def test_checkov_finds_nothing_unexplained() -> None:
     command = [
         checkov_executable(),
         "-d",
@@ -436,7 +442,7 @@ def database() -> Config:
     return load_config(MODULES / "database")
 
 
-def named(config: Config, resource_type: str) -> dict:
+def named(config: Config, resource_type: str) -> dict[str, Any]:
     """Resources of one type keyed by their resolved metadata.name."""
     return {
         resolve(one(body["metadata"])["name"], config): body
@@ -445,12 +451,12 @@ def named(config: Config, resource_type: str) -> dict:
     }
 
 
-def container(statefulset: dict) -> dict:
+def container(statefulset: dict[str, Any]) -> dict[str, Any]:
     spec = one(one(one(statefulset["spec"])["template"])["spec"])
     return one(spec["container"])
 
 
-def test_names_match_the_application_contract():
+def test_names_match_the_application_contract() -> None:
     environment = load_config(ENVIRONMENT)
     namespace = resolve(environment.modules["kubernetes"]["namespace"], environment)
     assert namespace == NAMESPACE
@@ -476,7 +482,7 @@ def test_names_match_the_application_contract():
     assert secret_refs >= SECRET_KEYS
 
 
-def test_terraform_never_owns_the_application_secret():
+def test_terraform_never_owns_the_application_secret() -> None:
     owned = {
         name
         for d in config_dirs()
@@ -486,7 +492,7 @@ def test_terraform_never_owns_the_application_secret():
     assert APP_SECRET not in owned
 
 
-def test_postgresql_statefulset_is_hardened():
+def test_postgresql_statefulset_is_hardened() -> None:
     # checkov has no Terraform checks for StatefulSets, so they live here.
     db = database()
     statefulset = named(db, "kubernetes_stateful_set_v1")["postgresql"]
@@ -521,7 +527,7 @@ def test_postgresql_statefulset_is_hardened():
     assert resolve(one(claim["resources"])["requests"]["storage"], db) == "10Gi"
 
 
-def test_only_data_services_and_the_migration_reach_postgresql():
+def test_only_data_services_and_the_migration_reach_postgresql() -> None:
     db = database()
     [policy] = named(db, "kubernetes_network_policy_v1").values()
     source = one(one(one(one(policy["spec"])["ingress"])["from"])["pod_selector"])
@@ -532,7 +538,7 @@ def test_only_data_services_and_the_migration_reach_postgresql():
     assert sorted(allowed) == ["blog-service", "titanium-db-migrate", "user-service"]
 
 
-def test_local_path_storage_is_installed_by_default_on_solid_cloud():
+def test_local_path_storage_is_installed_by_default_on_solid_cloud() -> None:
     environment = load_config(ENVIRONMENT)
     install = resolve(
         environment.modules["kubernetes"]["install_local_path_provisioner"], environment
@@ -560,14 +566,14 @@ def kustomize_files(directory: Path) -> list[Path]:
 
 
 def database_settings(directory: Path) -> dict[str, set[str]]:
-    settings = defaultdict(set)
+    settings: defaultdict[str, set[str]] = defaultdict(set)
     for path in kustomize_files(directory):
         for key, value in OVERLAY_SETTING.findall(path.read_text(encoding="utf-8")):
             settings[key].add(value)
     return settings
 
 
-def test_solid_cloud_overlay_points_at_the_terraform_database():
+def test_solid_cloud_overlay_points_at_the_terraform_database() -> None:
     if not OVERLAY.is_dir():
         return  # the overlay arrives with the Kubernetes issue; the contract is checked above
     settings = database_settings(OVERLAY)

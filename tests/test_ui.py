@@ -19,16 +19,21 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from conftest import register, start_stack
+from support.api import new_post, register
+from support.stack import start_stack
 from titanium.runner import Stack, wait_until_ready
 
 try:
     from playwright.sync_api import expect, sync_playwright
+
+    HAVE_PLAYWRIGHT = True
 except ImportError:  # the `browser` fixture fails with how to install it
-    sync_playwright = None
+    HAVE_PLAYWRIGHT = False
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page
+
+pytestmark = [pytest.mark.ui, pytest.mark.stack]  # Chromium, on the services as processes
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -39,7 +44,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SCREENSHOTS = Path(__file__).parent.parent / "docs" / "screenshots"
+# Not docs/screenshots: a test run leaves the work tree clean; `make screenshots` copies them there.
+SCREENSHOTS = Path(__file__).parent.parent / "build" / "screenshots"
 PAGE_SIZE = 10
 SEEDED = 23
 SEED_CONTENT = """## Part {number}
@@ -68,13 +74,6 @@ class UiStack:
     seeder: dict[str, Any]
     seeded: list[dict[str, Any]]  # newest first, as the list shows them
 
-    def new_post(self, user: dict[str, Any], **fields: Any) -> dict[str, Any]:
-        body = {"title": "A post", "content": "Some *text*.", "category_id": 3, **fields}
-        response = self.client.post("/blog/api/posts", json=body, headers=user["headers"])
-        assert response.status_code == 201, response.text
-        post: dict[str, Any] = response.json()
-        return post
-
 
 @pytest.fixture(scope="module")
 def ui(
@@ -89,15 +88,15 @@ def ui(
         seeder = register(client, f"seeder_{uuid.uuid4().hex[:8]}")
         seeded: list[dict[str, Any]] = []
         for number in range(1, SEEDED + 1):
-            body = {
-                "title": f"Seed post {number:02d}",
-                "content": SEED_CONTENT.format(number=number),
+            post = new_post(
+                client,
+                seeder["headers"],
+                title=f"Seed post {number:02d}",
+                content=SEED_CONTENT.format(number=number),
                 # Ids 1-3: the categories every fresh install has.
-                "category_id": number % 3 + 1,
-            }
-            response = client.post("/blog/api/posts", json=body, headers=seeder["headers"])
-            assert response.status_code == 201, response.text
-            seeded.append(response.json())
+                category_id=number % 3 + 1,
+            )
+            seeded.append(post)
         yield UiStack(stack, stack.url("gateway"), client, seeder, seeded[::-1])
     finally:
         client.close()
@@ -106,7 +105,7 @@ def ui(
 
 @pytest.fixture(scope="module")
 def browser(ui: UiStack) -> Iterator[Browser]:
-    if sync_playwright is None:
+    if not HAVE_PLAYWRIGHT:
         pytest.fail(
             "Playwright is not installed: .venv/bin/pip install playwright==1.65.2 "
             "(it is in the project's test extra: make install-test). "
@@ -418,7 +417,9 @@ def test_writer_signs_up_logs_in_creates_edits_and_deletes(page: Page, ui: UiSta
 def test_only_the_author_sees_edit_and_delete(page: Page, ui: UiStack) -> None:
     owner = register(ui.client)
     other = register(ui.client)
-    post = ui.new_post(owner, title="Owned by someone")
+    post = new_post(
+        ui.client, owner["headers"], title="Owned by someone", content="Some *text*.", category_id=3
+    )
 
     log_in(page, owner)
     page.goto(f"/blog/posts/{post['id']}")
@@ -459,7 +460,9 @@ ACTIVE = (
 
 def test_script_in_a_post_runs_nothing(page: Page, ui: UiStack) -> None:
     author = register(ui.client)
-    post = ui.new_post(author, title=XSS_TITLE, content=XSS_CONTENT)
+    post = new_post(
+        ui.client, author["headers"], title=XSS_TITLE, content=XSS_CONTENT, category_id=3
+    )
 
     open_list(page)
     expect(page.locator("article.card h2").first).to_have_text(XSS_TITLE)

@@ -10,7 +10,6 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -19,7 +18,7 @@ import typer
 from titanium.config import DataService, ServiceName, Settings, load_settings
 from titanium.errors import ConfigError, TitaniumError
 from titanium.migrate.cli import app as migrate_app
-from titanium.services.registry import DISPLAY_NAMES, PORTS
+from titanium.services.registry import DATA_SERVICES, SERVICES, service_name
 
 app = typer.Typer(
     help="Titanium: a microservice blog platform on SQLite or PostgreSQL.",
@@ -37,23 +36,6 @@ app.add_typer(secrets_app, name="secrets")
 app.add_typer(migrate_app, name="migrate")
 
 T = TypeVar("T")
-
-
-class Service(StrEnum):
-    """Services `titanium serve` can start."""
-
-    gateway = "gateway"
-    auth = "auth"
-    users = "users"
-    blog = "blog"
-
-
-class DataServiceChoice(StrEnum):
-    """Services that own tables."""
-
-    users = "users"
-    blog = "blog"
-    all = "all"
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -78,7 +60,7 @@ def _settings() -> Settings:
 
 @app.command()
 def serve(
-    service: Annotated[Service, typer.Argument(help="Which service to run.")],
+    service: Annotated[ServiceName, typer.Argument(help="Which service to run.")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int | None, typer.Option(help="Port (default: the service's own).")] = None,
 ) -> None:
@@ -90,10 +72,9 @@ def serve(
     from titanium.services.registry import app_factory
 
     tune_malloc()  # before any thread exists: the arena cap applies to new threads
-    name: ServiceName = service.value
     settings = _settings()
-    configure_logging(settings.log_level, DISPLAY_NAMES[name])
-    asgi = guarded(app_factory(name), settings)
+    configure_logging(settings.log_level, service_name(service))
+    asgi = guarded(app_factory(service), settings)
     # What is loaded by now lives as long as the process. Frozen, it is no longer
     # walked by each full garbage collection, a pause of 30-55 ms here that every
     # request in flight waits out.
@@ -102,7 +83,7 @@ def serve(
     uvicorn.run(
         asgi,
         host=host,
-        port=port or PORTS[name],
+        port=port or SERVICES[service].port,
         loop="uvloop",
         http="httptools",
         access_log=False,
@@ -115,52 +96,44 @@ def serve(
     )
 
 
-def _data_services(choice: DataServiceChoice) -> tuple[DataService, ...]:
-    from titanium.db.migrations import SERVICES
-
-    if choice is DataServiceChoice.all:
-        return SERVICES
-    return ("users",) if choice is DataServiceChoice.users else ("blog",)
-
-
 @db_app.command("upgrade")
 def db_upgrade(
     service: Annotated[
-        DataServiceChoice, typer.Option(help="Whose schema.")
-    ] = DataServiceChoice.all,
+        DataService | None, typer.Option(help="Whose schema (default: every data service).")
+    ] = None,
     revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
 ) -> None:
     """Apply schema migrations (idempotent; safe to run from several processes at once)."""
-    from titanium.db.migrations import migrate
+    from titanium.db.migrations import upgrade_schema
 
     settings = _settings()
-    for name in _data_services(service):
-        reached = guarded(asyncio.run, migrate(settings, name, "upgrade", revision))
+    for name in (service,) if service else DATA_SERVICES:
+        reached = guarded(asyncio.run, upgrade_schema(settings, name, revision))
         typer.echo(f"{name}: schema at {reached} ({settings.backend})")
 
 
 @db_app.command("downgrade")
 def db_downgrade(
-    service: Annotated[DataServiceChoice, typer.Option(help="Whose schema.")],
+    # Required, with no "every service": revision names mean different things per service.
+    service: Annotated[DataService, typer.Option(help="Whose schema.")],
     revision: Annotated[str, typer.Argument(help="Target revision, or `base` for none.")],
 ) -> None:
     """Revert schema migrations down to REVISION (destroys the data of dropped tables)."""
-    from titanium.db.migrations import migrate
+    from titanium.db.migrations import downgrade_schema
 
     settings = _settings()
-    for name in _data_services(service):
-        reached = guarded(asyncio.run, migrate(settings, name, "downgrade", revision))
-        typer.echo(f"{name}: schema at {reached or 'base'} ({settings.backend})")
+    reached = guarded(asyncio.run, downgrade_schema(settings, service, revision))
+    typer.echo(f"{service}: schema at {reached or 'base'} ({settings.backend})")
 
 
 @db_app.command("current")
 def db_current() -> None:
     """Show the schema revision of each data service next to the code's head."""
-    from titanium.db.migrations import SERVICES, current_revision
+    from titanium.db.migrations import current_revision
     from titanium.db.revisions import head_revision
 
     settings = _settings()
-    for name in SERVICES:
+    for name in DATA_SERVICES:
         current = guarded(asyncio.run, current_revision(settings, name))
         typer.echo(f"{name}: {current or 'base'} (head {head_revision(name)}, {settings.backend})")
 
@@ -203,14 +176,14 @@ def secrets_unseal(overlay: OverlayArgument) -> None:
 
 @app.command()
 def run(
-    gateway_port: Annotated[int, typer.Option(help="api-gateway port.")] = PORTS["gateway"],
-    users_port: Annotated[int, typer.Option(help="user-service port.")] = PORTS["users"],
-    auth_port: Annotated[int, typer.Option(help="auth-service port.")] = PORTS["auth"],
-    blog_port: Annotated[int, typer.Option(help="blog-service port.")] = PORTS["blog"],
+    gateway_port: Annotated[int, typer.Option(help="api-gateway port.")] = SERVICES["gateway"].port,
+    users_port: Annotated[int, typer.Option(help="user-service port.")] = SERVICES["users"].port,
+    auth_port: Annotated[int, typer.Option(help="auth-service port.")] = SERVICES["auth"].port,
+    blog_port: Annotated[int, typer.Option(help="blog-service port.")] = SERVICES["blog"].port,
 ) -> None:
     """Run all four services on this machine (SQLite under ./var unless USE_POSTGRES=true)."""
-    from titanium.db.migrations import SERVICES, migrate
-    from titanium.runner import START_ORDER, Stack
+    from titanium.db.migrations import upgrade_schema
+    from titanium.runner import Stack
     from titanium.security.tokens import generate_key_pair
 
     settings = _settings()
@@ -219,8 +192,8 @@ def run(
         private, public = generate_key_pair(settings.data_dir / "keys")
         env["JWT_PRIVATE_KEY_FILE"] = str(private.resolve())
         env["JWT_PUBLIC_KEY_FILE"] = str(public.resolve())
-    for name in SERVICES:
-        guarded(asyncio.run, migrate(settings, name))
+    for name in DATA_SERVICES:
+        guarded(asyncio.run, upgrade_schema(settings, name))
     where = "PostgreSQL" if settings.use_postgres else f"SQLite in {settings.data_dir}/"
     typer.echo(f"titanium: schema at head ({where}); starting services")
 
@@ -232,8 +205,8 @@ def run(
     }
     stack = Stack(env=env, ports=ports)
     guarded(stack.start)
-    for started in START_ORDER:
-        typer.echo(f"  {DISPLAY_NAMES[started]:<13} {stack.url(started)}  ready")
+    for started in SERVICES:
+        typer.echo(f"  {service_name(started):<13} {stack.url(started)}  ready")
     typer.echo(f"\nBlog: {stack.url('gateway')}/blog/   (Ctrl-C stops everything)")
 
     def _terminate(_signum: int, _frame: Any) -> None:
@@ -243,7 +216,7 @@ def run(
     try:
         while not stack.exited():
             time.sleep(0.5)
-        fail(f"{', '.join(DISPLAY_NAMES[s] for s in stack.exited())} stopped unexpectedly")
+        fail(f"{', '.join(service_name(s) for s in stack.exited())} stopped unexpectedly")
     except KeyboardInterrupt:
         typer.echo("\ntitanium: stopping", err=True)
     finally:
@@ -259,8 +232,8 @@ def verify(
     """Check a running deployment end to end: health, readiness and a full CRUD journey."""
     from rich.console import Console
 
+    from titanium.ops.journey import run_journey
     from titanium.ops.report import print_steps
-    from titanium.ops.verify import run_journey
 
     steps = asyncio.run(run_journey(url, timeout))
     print_steps(steps, json_output, Console(soft_wrap=True))

@@ -4,11 +4,14 @@ Variable names follow the seed document and its ConfigMap (`USE_POSTGRES`,
 `POSTGRES_*`); see docs/configuration.md for the full table.
 """
 
+import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL
 
 from titanium.errors import ConfigError
@@ -34,6 +37,54 @@ def _strict_bool(value: object) -> object:
 
 StrictBool = Annotated[bool, BeforeValidator(_strict_bool)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_HOSTNAME = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)*")
+
+
+def _is_host(host: str) -> bool:
+    if ":" not in host:
+        return _HOSTNAME.fullmatch(host) is not None
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _exact_origin(origin: str) -> str:
+    # Browsers send Origin as lower-case scheme://host[:port] without the default
+    # port, and CORS compares it as a string: any other spelling would never match.
+    if origin == "*":
+        raise ValueError("'*' is refused: list the exact origins (scheme://host[:port])")
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        port, host = None, None
+    else:
+        host = parts.hostname if parts.scheme in _DEFAULT_PORTS else None
+    if host is None or not _is_host(host):
+        raise ValueError(f"{origin!r} is not an origin: expected scheme://host[:port]")
+    written = f"[{host}]" if ":" in host else host
+    if port is not None and port != _DEFAULT_PORTS[parts.scheme]:
+        written += f":{port}"
+    exact = f"{parts.scheme}://{written}"
+    if origin != exact:
+        raise ValueError(f"{origin!r} is not an origin as browsers send it; write {exact}")
+    return origin
+
+
+def _origin_list(value: object) -> object:
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list | tuple):
+        return value  # pydantic names the wrong type
+    return tuple(_exact_origin(str(item).strip()) for item in value if str(item).strip())
+
+
+# Comma-separated in the environment (NoDecode: not JSON, the pydantic-settings default).
+Origins = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_origin_list)]
 
 
 class Settings(BaseSettings):
@@ -77,6 +128,7 @@ class Settings(BaseSettings):
 
     upstream_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
+    cors_allow_origins: Origins = ()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")
@@ -86,7 +138,7 @@ class Settings(BaseSettings):
                 raise ValueError("POSTGRES_USER is required when USE_POSTGRES=true")
             if self.postgres_password is None or not self.postgres_password.get_secret_value():
                 raise ValueError("POSTGRES_PASSWORD is required when USE_POSTGRES=true")
-        for name in ("user_service_url", "auth_service_url", "blog_service_url"):
+        for name in (field for field in type(self).model_fields if field.endswith("_service_url")):
             url = getattr(self, name)
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"{name.upper()} must start with http:// or https://")

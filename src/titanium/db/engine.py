@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
@@ -122,7 +123,11 @@ async def translate_errors() -> AsyncIterator[None]:
     try:
         yield
     except sa_exc.IntegrityError as exc:
-        raise Conflict("a unique value is already taken") from exc
+        # Only a taken unique value is the client's conflict; a foreign-key or
+        # not-null violation is a bug in the code that wrote the row.
+        if _is_unique_violation(exc):
+            raise Conflict("a unique value is already taken") from exc
+        raise
     except sa_exc.TimeoutError as exc:
         log.warning("database pool exhausted: %s", exc)
         raise Unavailable("the database is busy, retry shortly") from exc
@@ -144,14 +149,47 @@ async def translate_errors() -> AsyncIterator[None]:
 _UNAVAILABLE_SQLSTATES = ("08", "53", "57P")
 
 
+def _sqlstate(exc: sa_exc.DBAPIError) -> str | None:
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return sqlstate if isinstance(sqlstate, str) else None
+
+
+def _is_unique_violation(exc: sa_exc.IntegrityError) -> bool:
+    # PostgreSQL says 23505; SQLite's extended result code names the constraint kind
+    # (a PRIMARY KEY collision is a unique violation too).
+    name = getattr(exc.orig, "sqlite_errorname", None)
+    if name is not None:
+        return name in ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY")
+    return _sqlstate(exc) == "23505"
+
+
 def _is_unavailability(exc: sa_exc.DBAPIError) -> bool:
     # No statement means the failure happened while connecting: whatever the
     # server said (database not accepting connections, too many clients), the
     # database is unavailable, not the request wrong.
     if exc.connection_invalidated or exc.statement is None:
         return True
-    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-    return isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+    sqlstate = _sqlstate(exc)
+    return sqlstate is not None and sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+
+
+async def connect_postgres(
+    settings: Settings, application_name: str, **server_settings: str
+) -> asyncpg.Connection:
+    """A plain asyncpg connection to the configured PostgreSQL, outside any pool.
+
+    For what a pooled SQLAlchemy connection cannot do: LISTEN, COPY, diagnosis.
+    """
+    password = settings.postgres_password.get_secret_value() if settings.postgres_password else ""
+    return await asyncpg.connect(
+        host=settings.postgres_host,
+        port=settings.postgres_port,
+        user=settings.postgres_user,
+        password=password or None,
+        database=settings.postgres_db,
+        timeout=settings.db_connect_timeout_seconds,
+        server_settings={"application_name": application_name, **server_settings},
+    )
 
 
 class FairGate:

@@ -5,7 +5,7 @@ resident memory per process). The lists must follow the Alembic histories in
 `titanium/db/migrations/`; `tests/test_migrations.py` fails when they do not.
 """
 
-from sqlalchemy import Connection, column, inspect, select, table
+from sqlalchemy import Connection, inspect, text
 
 from titanium.config import DataService
 from titanium.db.engine import Database
@@ -28,13 +28,16 @@ def head_revision(service: DataService) -> str:
     return REVISIONS[service][-1]
 
 
+def revision_sql(service: DataService) -> str:
+    """The query that reads a service's revision, for any driver (its table must exist)."""
+    return f"SELECT version_num FROM {version_table(service)}"  # noqa: S608 - fixed names
+
+
 def read_revision(connection: Connection, service: DataService) -> str | None:
     """The revision the database is at (None before the first upgrade)."""
-    name = version_table(service)
-    if not inspect(connection).has_table(name):
+    if not inspect(connection).has_table(version_table(service)):
         return None
-    versions = table(name, column("version_num"))
-    value = connection.execute(select(versions.c.version_num)).scalar()
+    value = connection.execute(text(revision_sql(service))).scalar()
     return str(value) if value is not None else None
 
 

@@ -5,6 +5,8 @@ tables are what the code queries with, and `tests/test_migrations.py` checks
 that both agree on SQLite and PostgreSQL.
 """
 
+from datetime import UTC, datetime
+
 import sqlalchemy as sa
 
 # Explicit constraint names so both dialects (and Alembic batch mode) agree.
@@ -25,6 +27,9 @@ AUTHOR_MAX = USERNAME_MAX
 CATEGORY_NAME_MAX = 50
 CATEGORY_SLUG_MAX = 50
 COLOR_LENGTH = 7
+# The largest value of an INTEGER column (PostgreSQL's int4): ids and offsets past it
+# are refused as input rather than failing in the database.
+INTEGER_MAX = 2**31 - 1
 
 users_metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 blog_metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
@@ -68,3 +73,8 @@ posts = sa.Table(
 sa.Index("idx_posts_created_at", posts.c.created_at.desc())
 
 METADATA: dict[str, sa.MetaData] = {"users": users_metadata, "blog": blog_metadata}
+
+
+def utc_now() -> datetime:
+    """The current time as naive UTC, the way the TIMESTAMP columns store it."""
+    return datetime.now(UTC).replace(tzinfo=None)

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from titanium.migrate.preflight import PreflightResult
+from titanium.migrate.problems import PreflightResult
 
 # Exit codes (documented in docs/migration.md). 1 and 2 keep their usual
 # meanings (an unexpected crash; a command-line usage error).
@@ -51,7 +51,6 @@ class TableReport:
     target_checksum: str | None = None
     target_rows: int | None = None
     next_id: int | None = None
-    note: str = ""
 
     @property
     def checksum_match(self) -> bool | None:
@@ -82,7 +81,6 @@ class TableReport:
             "target_checksum": self.target_checksum,
             "checksum_match": self.checksum_match,
             "next_id": self.next_id,
-            "note": self.note,
         }
 
 
@@ -190,7 +188,7 @@ def render(result: MigrationResult, console: Console, max_problems: int = 20) ->
             f"{t.rows_rejected:,}",
             f"{t.seconds:.2f}",
             f"{t.rows_per_second:,.0f}",
-            _yes_no(t.checksum_match) if not t.note else t.note,
+            _yes_no(t.checksum_match),
         )
     for phase, seconds in result.phases.items():
         summary.add_row(f"[dim]{phase}[/]", "", "", "", f"[dim]{seconds:.2f}[/]", "", "")

@@ -26,22 +26,19 @@ from typing import Literal, TypeVar
 import asyncpg
 
 from titanium.config import DataService
-from titanium.db.migrations import SERVICES, migrate
+from titanium.db.migrations import upgrade_schema
 from titanium.errors import TitaniumError
 from titanium.migrate import target as pg
 from titanium.migrate.errors import Interrupted, MigrationError, SourceError, TargetError
-from titanium.migrate.preflight import (
-    PreflightResult,
-    RejectsWriter,
-    preflight_table,
-    prepare_valid_ids,
-    rejected_table,
-)
+from titanium.migrate.preflight import preflight_table
+from titanium.migrate.problems import PreflightResult, RejectsWriter
 from titanium.migrate.progress import NullProgress, ProgressSink
 from titanium.migrate.report import MigrationResult, Status
 from titanium.migrate.schema import ID_MAX, ID_MIN, TABLES
 from titanium.migrate.source import SourceFile, SourceTable, open_source, quote_ident
 from titanium.migrate.stream import Checksum, SourceStream, load_columns, target_sql
+from titanium.migrate.temp_tables import prepare_valid_ids, rejected_table
+from titanium.services.registry import DATA_SERVICES
 
 OnError = Literal["stop", "skip"]
 T = TypeVar("T")
@@ -81,7 +78,7 @@ class _Sources:
 
 
 def _open_sources(users_db: Path, blog_db: Path) -> _Sources:
-    specs = {service: tuple(s for s in TABLES if s.service == service) for service in SERVICES}
+    specs = {service: tuple(s for s in TABLES if s.service == service) for service in DATA_SERVICES}
     files: dict[DataService, SourceFile] = {}
     try:
         files["users"] = open_source(users_db, specs["users"])
@@ -225,9 +222,9 @@ async def _migrate(options: MigrationOptions, progress: ProgressSink) -> Migrati
                 result.phases["total"] = time.monotonic() - started
                 return result
             schema_started = time.monotonic()
-            for service in SERVICES:
+            for service in DATA_SERVICES:
                 try:
-                    await migrate(options.target.settings, service)
+                    await upgrade_schema(options.target.settings, service)
                 except TitaniumError as exc:
                     raise TargetError(
                         f"schema migration of {service} failed: {exc.message}"

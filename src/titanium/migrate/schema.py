@@ -15,7 +15,7 @@ from titanium.db import tables
 # PostgreSQL INTEGER / SERIAL: ids outside 1..2**31-1 cannot be stored (or, for
 # 0 and negatives, would never come out of the sequence and break id-based URLs).
 ID_MIN = 1
-ID_MAX = 2**31 - 1
+ID_MAX = tables.INTEGER_MAX
 
 
 class Kind(StrEnum):
@@ -102,11 +102,3 @@ TABLES: tuple[TableSpec, ...] = (
     _spec(tables.categories, "blog", required=False),
     _spec(tables.posts, "blog"),
 )
-
-
-def table_spec(name: str) -> TableSpec:
-    """The spec of a target table by name."""
-    for spec in TABLES:
-        if spec.name == name:
-            return spec
-    raise KeyError(name)

@@ -16,7 +16,6 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
@@ -72,14 +71,6 @@ class SourceFile:
     connection: sqlite3.Connection
     journal_mode: str
     tables: dict[str, SourceTable] = field(default_factory=dict)
-
-    def __enter__(self) -> "SourceFile":
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """End the read transaction and close the file."""

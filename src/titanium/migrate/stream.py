@@ -19,9 +19,9 @@ from typing import cast
 
 from titanium.migrate import timestamps
 from titanium.migrate.errors import SourceError
-from titanium.migrate.preflight import rejected_table
 from titanium.migrate.schema import ColumnSpec, Kind, TableSpec
 from titanium.migrate.source import BatchReader, SourceFile, SourceTable, quote_ident
+from titanium.migrate.temp_tables import rejected_table
 
 _COLUMN = b"\xff"
 _ROW = b"\xfe"

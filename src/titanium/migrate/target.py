@@ -1,6 +1,5 @@
 """The target PostgreSQL database: where it is, what it holds, and the load itself."""
 
-import importlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -10,6 +9,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from titanium.config import Settings
+from titanium.db.engine import connect_postgres
+from titanium.db.seed import SEED_CATEGORIES
 from titanium.migrate.errors import TargetError
 from titanium.migrate.schema import TableSpec
 from titanium.migrate.source import quote_ident
@@ -38,19 +39,9 @@ class Target:
 
     async def connect(self) -> asyncpg.Connection:
         """Open a connection, translating failures into TargetError."""
-        s = self.settings
-        password = s.postgres_password.get_secret_value() if s.postgres_password else ""
         try:
-            return await asyncpg.connect(
-                host=s.postgres_host,
-                port=s.postgres_port,
-                user=s.postgres_user,
-                password=password or None,
-                database=s.postgres_db,
-                timeout=s.db_connect_timeout_seconds,
-                # ISO DateStyle: timestamps print in the form the checksum expects.
-                server_settings={"application_name": "titanium-migrate", "DateStyle": "ISO, YMD"},
-            )
+            # ISO DateStyle: timestamps print in the form the checksum expects.
+            return await connect_postgres(self.settings, "titanium-migrate", DateStyle="ISO, YMD")
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             raise TargetError(f"cannot connect to {self.display}: {exc}") from exc
 
@@ -82,10 +73,9 @@ def target_from_settings(settings: Settings, url: str | None = None) -> Target:
 
 def seed_categories() -> set[tuple[int, str, str, str]]:
     """The rows the blog schema migration inserts (id, name, slug, color)."""
-    revision = importlib.import_module("titanium.db.migrations.blog.versions.0002_categories")
     return {
         (index, row["name"], row["slug"], row["color"])
-        for index, row in enumerate(revision.SEED_CATEGORIES, start=1)
+        for index, row in enumerate(SEED_CATEGORIES, start=1)
     }
 
 

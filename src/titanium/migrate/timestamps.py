@@ -21,7 +21,7 @@ the fraction without trailing zeros when it is not zero.
 """
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import cast
 
@@ -142,16 +142,10 @@ def _from_number(number: Fraction, shown: str) -> str:
     return canonical(_EPOCH + timedelta(microseconds=micro))
 
 
-def now_canonical() -> str:
-    """The current time in canonical form (for tests and reports)."""
-    return canonical(datetime.now(UTC).replace(tzinfo=None))
-
-
 # Fast paths for the forms the services write, checked a whole batch at a time
 # (SQLite's date functions and per-value regular expressions each cost about a
 # microsecond, too much for millions of rows). A value that fails them is not
 # wrong: `parse` decides.
-_NAIVE = re.compile(rb"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d{1,6})?")
 _SECONDS_LENGTH = 19
 # Where the separators of `YYYY-MM-DD HH:MM:SS.ffffff` are.
 _SEPARATORS = {4: b"-", 7: b"-", 13: b":", 16: b":", 19: b"."}
@@ -206,17 +200,6 @@ def joined_valid_fast(joined: bytes, count: int) -> bool:
     try:
         # fromisoformat (C) rejects impossible dates, hour 24, second 60, year 0.
         list(map(datetime.fromisoformat, joined.decode("ascii").split("\n")))
-    except ValueError:
-        return False
-    return True
-
-
-def valid_fast(value: bytes) -> bool:
-    """`all_valid_fast` for one value."""
-    if _NAIVE.fullmatch(value) is None:
-        return False
-    try:
-        datetime.fromisoformat(value.decode("ascii"))
     except ValueError:
         return False
     return True

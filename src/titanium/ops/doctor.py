@@ -18,12 +18,13 @@ from pathlib import Path
 import asyncpg
 
 from titanium.config import DataService, Settings, load_settings
-from titanium.db.migrations import SERVICES
-from titanium.db.revisions import head_revision, version_table
+from titanium.db.engine import connect_postgres
+from titanium.db.revisions import head_revision, revision_sql, version_table
 from titanium.errors import ConfigError
 from titanium.ops.checks import Check, Status
 from titanium.ops.kubectl import Kubectl, KubectlError
 from titanium.security.tokens import TokenVerifier
+from titanium.services.registry import DATA_SERVICES
 
 TABLES = ("users", "posts", "categories")
 CONFIG_DOC = "see docs/configuration.md"
@@ -95,12 +96,8 @@ async def postgres_checks(settings: Settings) -> list[Check]:
         )  # fmt: skip
         return checks
     checks.append(Check(group, "tcp", Status.PASS, f"{host}:{port} accepts connections"))
-    password = settings.postgres_password.get_secret_value() if settings.postgres_password else ""
     try:
-        conn = await asyncpg.connect(
-            host=host, port=port, user=settings.postgres_user, password=password,
-            database=settings.postgres_db, timeout=5,
-        )  # fmt: skip
+        conn = await connect_postgres(settings, "titanium-doctor")
     except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
         checks.append(
             Check(
@@ -127,11 +124,9 @@ async def postgres_checks(settings: Settings) -> list[Check]:
     try:
         checks.append(Check(group, "authentication", Status.PASS, f"user {settings.postgres_user}"))
         checks.append(Check(group, "database", Status.PASS, f"{settings.postgres_db} exists"))
-        for service in SERVICES:
+        for service in DATA_SERVICES:
             current = (
-                await conn.fetchval(
-                    f"SELECT version_num FROM {version_table(service)}"  # noqa: S608 - fixed names
-                )
+                await conn.fetchval(revision_sql(service))
                 if await conn.fetchval("SELECT to_regclass($1)", version_table(service))
                 else None
             )
@@ -195,7 +190,7 @@ def sqlite_checks(settings: Settings) -> list[Check]:
     """File present and writable, WAL, integrity and schema revision of each SQLite file."""
     checks: list[Check] = []
     seen: set[Path] = set()
-    for service in SERVICES:
+    for service in DATA_SERVICES:
         path = settings.sqlite_path(service)
         group = f"sqlite {service}"
         if path not in seen:
@@ -250,8 +245,7 @@ def _sqlite_file_checks(path: Path, group: str) -> list[Check]:
 def _sqlite_revision(path: Path, service: DataService) -> str | None:
     try:
         with _read_only(path) as conn:
-            table = version_table(service)
-            row = conn.execute(f"SELECT version_num FROM {table}").fetchone()  # noqa: S608
+            row = conn.execute(revision_sql(service)).fetchone()
     except sqlite3.DatabaseError:
         return None
     return str(row[0]) if row else None

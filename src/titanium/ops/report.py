@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from titanium.ops.checks import Check, Status
-from titanium.ops.verify import Step
+from titanium.ops.journey import Step
 
 _STYLE = {Status.PASS: "green", Status.WARN: "yellow", Status.FAIL: "bold red", Status.SKIP: "dim"}
 

@@ -1,17 +1,58 @@
-"""Which app factory serves which service name, and on which port by default."""
+"""The four services: the one table every other use of their names is derived from.
+
+A service's `id` is what configuration and the command line say (`titanium serve
+users`, the package `titanium.services.users`); its `name` is what operators see
+(logs, metrics, Kubernetes objects, `titanium run`). No other module spells either.
+"""
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
-from titanium.config import ServiceName, Settings
+from titanium.config import DataService, ServiceName, Settings
 
-PORTS: dict[ServiceName, int] = {"gateway": 8000, "users": 8001, "auth": 8002, "blog": 8005}
-DISPLAY_NAMES: dict[ServiceName, str] = {
-    "gateway": "api-gateway",
-    "auth": "auth-service",
-    "users": "user-service",
-    "blog": "blog-service",
+
+@dataclass(frozen=True)
+class Service:
+    """One service of Titanium."""
+
+    id: ServiceName
+    name: str
+    port: int
+    # The Settings field through which other services reach this one, if any do.
+    url_setting: str | None
+    # The tables whose schema this service owns (its Alembic history); none: no database.
+    tables: tuple[str, ...] = ()
+
+
+# In the order `titanium run` starts them: each after the services it calls, the
+# gateway last, so when it answers, everything behind it does.
+SERVICES: dict[ServiceName, Service] = {
+    service.id: service
+    for service in (
+        Service("users", "user-service", 8001, "user_service_url", tables=("users",)),
+        Service("auth", "auth-service", 8002, "auth_service_url"),
+        Service("blog", "blog-service", 8005, "blog_service_url", tables=("categories", "posts")),
+        Service("gateway", "api-gateway", 8000, url_setting=None),
+    )
 }
+# The services that own tables, in the order their schemas are applied.
+DATA_SERVICES: tuple[DataService, ...] = tuple(
+    cast(DataService, service.id) for service in SERVICES.values() if service.tables
+)
+
+
+def service_name(service: ServiceName) -> str:
+    """The public name of a service, e.g. `user-service`."""
+    return SERVICES[service].name
+
+
+def service_url(settings: Settings, service: ServiceName) -> str:
+    """Where the other services reach `service`, from its URL setting."""
+    setting = SERVICES[service].url_setting
+    if setting is None:
+        raise ValueError(f"{service} is not called by other services")
+    return str(getattr(settings, setting))
 
 
 def app_factory(service: ServiceName) -> Callable[[Settings], Any]:

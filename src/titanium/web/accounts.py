@@ -9,6 +9,7 @@ from typing import Annotated
 import aiohttp
 from fastapi import Depends, Request
 
+from titanium.contracts import account_path
 from titanium.errors import Unauthorized, Unavailable
 from titanium.security.tokens import Identity
 from titanium.web.auth import CurrentIdentity
@@ -17,11 +18,11 @@ from titanium.web.client import Downstream, forward_headers
 
 async def ensure_active(users: Downstream, identity: Identity) -> None:
     """Raise Unauthorized unless user-service still has this account."""
-    url = users.url(f"/internal/users/{identity.user_id}")
+    url = users.url(account_path(identity.user_id))
     try:
         async with users.session.get(url, headers=forward_headers()) as response:
             if response.status not in (200, 404):
-                raise Unavailable(f"user-service answered {response.status}")
+                raise Unavailable(f"{users.name} answered {response.status}")
             # Ids are never reused, so a different name under this id means a stale token too.
             if (
                 response.status == 404
@@ -29,7 +30,7 @@ async def ensure_active(users: Downstream, identity: Identity) -> None:
             ):
                 raise Unauthorized("the user of this token no longer exists")
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise Unavailable("user-service is unreachable") from exc
+        raise Unavailable(f"{users.name} is unreachable") from exc
 
 
 async def active_identity(request: Request, identity: CurrentIdentity) -> Identity:

@@ -1,10 +1,14 @@
 """Service-to-service HTTP: one pooled aiohttp session per downstream."""
 
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aiohttp
 from yarl import URL
 
+from titanium.config import ServiceName, Settings
+from titanium.services.registry import service_name, service_url
 from titanium.web.context import request_id_var
 
 
@@ -47,6 +51,36 @@ def open_downstream(
         skip_auto_headers=("User-Agent",),
     )
     return Downstream(name, base_url, session)
+
+
+def open_service(settings: Settings, service: ServiceName) -> Downstream:
+    """The pool for calling one of Titanium's services, at the URL its setting names."""
+    return open_downstream(
+        service_name(service),
+        service_url(settings, service),
+        timeout_seconds=settings.upstream_timeout_seconds,
+    )
+
+
+@asynccontextmanager
+async def service_pools(
+    settings: Settings,
+    services: Iterable[ServiceName],
+    injected: Mapping[ServiceName, Downstream] | None = None,
+) -> AsyncIterator[dict[ServiceName, Downstream]]:
+    """The pools for calling `services` for as long as the block runs.
+
+    Pools in `injected` (the tests' in-process services) are used as they are and
+    stay open: they belong to the caller. The others are opened here and closed
+    at the end.
+    """
+    given = injected or {}
+    opened = {name: open_service(settings, name) for name in services if name not in given}
+    try:
+        yield {**{name: given[name] for name in services if name in given}, **opened}
+    finally:
+        for pool in opened.values():
+            await pool.close()
 
 
 def forward_headers() -> dict[str, str]:

@@ -12,6 +12,7 @@ request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
 def new_request_id(incoming: str | None) -> str:
     """Keep a well-formed incoming id (a caller's trace), otherwise make one."""
-    if incoming and _VALID.match(incoming):
+    # fullmatch: `$` alone would also accept a trailing newline (a forged log line).
+    if incoming and _VALID.fullmatch(incoming):
         return incoming
     return secrets.token_hex(16)

@@ -1,15 +1,19 @@
 """Domain errors to HTTP: the one mapping every service installs.
 
-Error bodies are `{"status": "failed", "message": ...}` (the old clients'
-login shape), plus `errors` with one entry per field on 422. They never carry
-stack traces, SQL or driver messages.
+Error bodies are `{"status": "failed", "message": ..., "detail": ...}`: the
+old clients' login shape, with the same text under `detail` as well, where
+the old FastAPI services put it and their clients read it; plus `errors` with
+one entry per field on 422. Every error body is made by `error_response`, so
+the two names cannot drift apart. They never carry stack traces, SQL or
+driver messages.
 """
 
 import logging
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -43,6 +47,7 @@ class ErrorBody(BaseModel):
 
     status: Literal["failed"]
     message: str
+    detail: str = Field(description="The same text as `message`, for FastAPI-style clients")
     errors: list[FieldError] | None = None
 
 
@@ -76,10 +81,15 @@ STATUS: dict[type[TitaniumError], int] = {
 
 
 def error_response(
-    status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+    status: int,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    errors: list[FieldError] | None = None,
 ) -> JSONResponse:
     """The JSON error body every Titanium service answers with."""
-    return JSONResponse({"status": "failed", "message": message, **extra}, status, headers)
+    # Built from the documented model, so what is sent is what the OpenAPI says.
+    body = ErrorBody(status="failed", message=message, detail=message, errors=errors)
+    return JSONResponse(body.model_dump(exclude_none=True), status, dict(headers or {}))
 
 
 def response_for(exc: TitaniumError | HTTPException) -> Response:
@@ -88,7 +98,7 @@ def response_for(exc: TitaniumError | HTTPException) -> Response:
         return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
     status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 500)
     headers: dict[str, str] = {}
-    extra: dict[str, Any] = {}
+    errors: list[FieldError] | None = None
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, RateLimited):
@@ -96,11 +106,11 @@ def response_for(exc: TitaniumError | HTTPException) -> Response:
     if isinstance(exc, Unavailable):
         headers["Retry-After"] = "1"
     if isinstance(exc, InvalidInput) and exc.field:
-        extra["errors"] = [{"field": exc.field, "message": exc.message}]
+        errors = [FieldError(field=exc.field, message=exc.message)]
     if status == 500:
         log.error("unmapped domain error %r", exc)
         return error_response(500, "internal error")
-    return error_response(status, exc.message, headers, **extra)
+    return error_response(status, exc.message, headers, errors)
 
 
 async def _domain_error(_request: Request, exc: Exception) -> Response:
@@ -117,14 +127,15 @@ def _field_name(location: tuple[Any, ...]) -> str:
 async def _validation_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = [
-        {
-            "field": _field_name(tuple(error["loc"])),
-            "message": str(error["msg"]).removeprefix("Value error, "),
-        }
+        FieldError(
+            field=_field_name(tuple(error["loc"])),
+            message=str(error["msg"]).removeprefix("Value error, "),
+        )
         for error in exc.errors()
     ]
-    first = errors[0] if errors else {"field": "request", "message": "invalid"}
-    return error_response(422, f"{first['field']}: {first['message']}", errors=errors)
+    first = errors[0] if errors else FieldError(field="request", message="invalid")
+    # `detail` is this one line, not FastAPI's list: the old clients showed it as text.
+    return error_response(422, f"{first.field}: {first.message}", errors=errors)
 
 
 async def _http_error(_request: Request, exc: Exception) -> Response:

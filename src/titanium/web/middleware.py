@@ -4,15 +4,14 @@ Pure ASGI (not BaseHTTPMiddleware) so streaming bodies pass through untouched
 and the per-request cost stays small.
 """
 
-import json
 import logging
 import time
-from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from titanium.web.context import REQUEST_ID_HEADER, new_request_id, request_id_var
+from titanium.web.errors import error_response
 from titanium.web.metrics import Metrics
 
 log = logging.getLogger("titanium.request")
@@ -49,14 +48,16 @@ class RequestContextMiddleware:
             if _has_nul(scope):
                 # PostgreSQL cannot store U+0000, so a path or query parameter holding
                 # one could only fail deeper down; refuse it here for every route.
-                await _send_json(send_with_id, 422, "NUL characters are not allowed in URLs")
+                refusal = error_response(422, "NUL characters are not allowed in URLs")
+                await refusal(scope, receive, send_with_id)
             elif (
                 declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes
             ):
                 # Answer before the app reads a byte. The server discards the rest of
                 # the body as it arrives (no buffering), so the client, which is still
                 # sending, gets to read this 413 instead of a reset connection.
-                await _send_json(send_with_id, 413, "request body too large")
+                refusal = error_response(413, "request body too large")
+                await refusal(scope, receive, send_with_id)
             else:
                 await self.app(scope, self._limited(receive), send_with_id)
         finally:
@@ -96,13 +97,3 @@ class RequestContextMiddleware:
 def _has_nul(scope: Scope) -> bool:
     query: bytes = scope.get("query_string", b"")
     return "\x00" in scope["path"] or b"%00" in query or b"\x00" in query
-
-
-async def _send_json(send: Send, status: int, message: str) -> None:
-    body = json.dumps({"status": "failed", "message": message}).encode()
-    headers: list[Any] = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

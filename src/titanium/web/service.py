@@ -9,8 +9,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from titanium import __version__
-from titanium.config import Settings
+from titanium.config import ServiceName, Settings
 from titanium.errors import Unavailable
+from titanium.services.registry import service_name
 from titanium.web.errors import install_error_handlers
 from titanium.web.metrics import Metrics
 from titanium.web.middleware import RequestContextMiddleware
@@ -25,7 +26,7 @@ async def _no_details(_request: Request) -> dict[str, Any]:
 def install_common(
     app: Starlette,
     *,
-    service: str,
+    service: ServiceName,
     settings: Settings,
     ready: Check = _no_details,
     stats: Check = _no_details,
@@ -35,7 +36,8 @@ def install_common(
     `ready` raises Unavailable when a dependency is missing; `stats` adds
     service-specific figures to /stats.
     """
-    metrics = Metrics(service)
+    name = service_name(service)
+    metrics = Metrics(name)
     started = time.monotonic()
     install_error_handlers(app)
     app.add_middleware(
@@ -43,22 +45,22 @@ def install_common(
     )
 
     async def health(_request: Request) -> Response:
-        return JSONResponse({"status": "ok", "service": service})
+        return JSONResponse({"status": "ok", "service": name})
 
     async def readiness(request: Request) -> Response:
         try:
             details = await ready(request)
         except Unavailable as exc:
-            body = {"status": "unavailable", "service": service, "message": exc.message}
+            body = {"status": "unavailable", "service": name, "message": exc.message}
             return JSONResponse(body, 503)
-        return JSONResponse({"status": "ready", "service": service, **details})
+        return JSONResponse({"status": "ready", "service": name, **details})
 
     async def prometheus(_request: Request) -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
     async def status(request: Request) -> Response:
         body = {
-            "service": service,
+            "service": name,
             "version": __version__,
             "uptime_seconds": round(time.monotonic() - started, 1),
             "requests_total": metrics.total,

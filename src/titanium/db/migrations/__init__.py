@@ -16,9 +16,8 @@ from sqlalchemy import Connection, text
 
 from titanium.config import DataService, Settings
 from titanium.db.engine import create_engine, is_sqlite, translate_errors
-from titanium.db.revisions import REVISIONS, read_revision
+from titanium.db.revisions import read_revision
 
-SERVICES: tuple[DataService, ...] = tuple(REVISIONS)
 _HERE = Path(__file__).parent
 # One advisory lock for every Titanium migration: two `titanium db upgrade`
 # processes (two pods, two replicas' init containers) run one after the other.
@@ -59,7 +58,7 @@ def _advisory_lock(connection: Connection) -> Iterator[None]:
 
 
 def _run(connection: Connection, service: DataService, action: str, revision: str) -> str | None:
-    # On SQLite, migrate() already holds the file lock.
+    # On SQLite, _apply() already holds the file lock.
     with nullcontext() if is_sqlite(connection.engine.url) else _advisory_lock(connection):
         config = alembic_config(service)
         config.attributes["connection"] = connection
@@ -71,10 +70,21 @@ def _run(connection: Connection, service: DataService, action: str, revision: st
         return read_revision(connection, service)
 
 
-async def migrate(
-    settings: Settings, service: DataService, action: str = "upgrade", revision: str = "head"
+async def upgrade_schema(
+    settings: Settings, service: DataService, revision: str = "head"
 ) -> str | None:
-    """Upgrade or downgrade one service's schema; return the revision it ends at."""
+    """Upgrade one service's schema (to its head by default); return the revision it is at."""
+    return await _apply(settings, service, "upgrade", revision)
+
+
+async def downgrade_schema(settings: Settings, service: DataService, revision: str) -> str | None:
+    """Revert one service's schema to `revision` (`base`: none); return where it ends."""
+    return await _apply(settings, service, "downgrade", revision)
+
+
+async def _apply(
+    settings: Settings, service: DataService, action: str, revision: str
+) -> str | None:
     engine = create_engine(settings, service, role="migrate", null_pool=True)
     with _file_lock(settings, service) if is_sqlite(engine.url) else nullcontext():
         try:

@@ -9,7 +9,7 @@ from titanium.db.tables import METADATA
 
 
 def run_migrations(service: DataService) -> None:
-    """Run the pending revisions of `service` on the connection handed in by `migrate()`."""
+    """Run the pending revisions of `service` on the connection `_apply()` hands in."""
     connection: Connection = context.config.attributes["connection"]
     context.configure(
         connection=connection,

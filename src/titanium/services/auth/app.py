@@ -4,39 +4,24 @@ Credentials are checked by user-service's internal route; only this service
 holds the private key, so only it can mint tokens.
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Any
 
 import aiohttp
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, StringConstraints
+from pydantic import BaseModel
 
-from titanium.config import Settings
-from titanium.db.tables import USERNAME_MAX
+from titanium.config import ServiceName, Settings
+from titanium.contracts import CREDENTIALS_PATH, Credentials, VerifiedUser
 from titanium.errors import Unauthorized, Unavailable
 from titanium.security.ratelimit import FailureLimiter
 from titanium.security.tokens import TokenIssuer, TokenVerifier
-from titanium.services.users.schemas import PASSWORD_MAX
+from titanium.services.registry import service_name
 from titanium.web.auth import CurrentIdentity
-from titanium.web.client import Downstream, forward_headers, open_downstream
+from titanium.web.client import Downstream, forward_headers, service_pools
 from titanium.web.errors import ERROR_RESPONSES
-from titanium.web.schemas import NoNul
 from titanium.web.service import install_common
-
-
-class Login(BaseModel):
-    """A login attempt."""
-
-    username: Annotated[str, StringConstraints(min_length=1, max_length=USERNAME_MAX), NoNul]
-    password: Annotated[str, StringConstraints(min_length=1, max_length=PASSWORD_MAX), NoNul]
-
-
-class LoginUser(BaseModel):
-    """Who logged in."""
-
-    id: int
-    username: str
 
 
 class LoginResult(BaseModel):
@@ -47,7 +32,7 @@ class LoginResult(BaseModel):
     access_token: str
     token_type: str = "bearer"  # noqa: S105 - a token type, not a secret
     expires_in: int
-    user: LoginUser
+    user: VerifiedUser
 
 
 class VerifiedToken(BaseModel):
@@ -73,8 +58,10 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Build auth-service; configuration errors surface here, before serving."""
+def create_app(
+    settings: Settings, *, downstreams: Mapping[ServiceName, Downstream] | None = None
+) -> FastAPI:
+    """Build auth-service (given `downstreams` stay the caller's); config errors surface here."""
     issuer = TokenIssuer(settings)
     verifier = TokenVerifier(settings)
     per_user = FailureLimiter(
@@ -86,16 +73,15 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.users = open_downstream(
-            "user-service",
-            settings.user_service_url,
-            timeout_seconds=settings.upstream_timeout_seconds,
-        )
-        yield
-        await app.state.users.close()
+        async with service_pools(settings, ["users"], downstreams) as pools:
+            app.state.users = pools["users"]
+            yield
 
     app = FastAPI(
-        title="Titanium auth-service", version="1", lifespan=lifespan, responses=ERROR_RESPONSES
+        title=f"Titanium {service_name('auth')}",
+        version="1",
+        lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     app.state.verifier = verifier
 
@@ -103,12 +89,12 @@ def create_app(settings: Settings) -> FastAPI:
         users: Downstream = request.app.state.users
         if await users.alive():
             return {"user_service": "ok"}
-        raise Unavailable("user-service is unreachable")
+        raise Unavailable(f"{users.name} is unreachable")
 
-    install_common(app, service="auth-service", settings=settings, ready=ready)
+    install_common(app, service="auth", settings=settings, ready=ready)
 
     @app.post("/api/login", response_model=LoginResult, summary="Log in and get a token")
-    async def login(body: Login, request: Request) -> LoginResult:
+    async def login(body: Credentials, request: Request) -> LoginResult:
         client = client_address(request)
         user_key = body.username.lower()
         per_client.check(client)
@@ -136,17 +122,17 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-async def _check_credentials(users: Downstream, body: Login) -> LoginUser | None:
+async def _check_credentials(users: Downstream, body: Credentials) -> VerifiedUser | None:
     try:
         async with users.session.post(
-            users.url("/internal/credentials"),
+            users.url(CREDENTIALS_PATH),
             json=body.model_dump(),
             headers=forward_headers(),
         ) as response:
             if response.status == 200:
-                return LoginUser.model_validate(await response.json())
+                return VerifiedUser.model_validate(await response.json())
             if response.status in (401, 422):
                 return None
-            raise Unavailable(f"user-service answered {response.status}")
+            raise Unavailable(f"{users.name} answered {response.status}")
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise Unavailable("user-service is unreachable") from exc
+        raise Unavailable(f"{users.name} is unreachable") from exc

@@ -1,22 +1,24 @@
 """blog-service: posts and categories API under /blog/api, and the web UI under /blog/."""
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response, status
 from pydantic import TypeAdapter
 
-from titanium.config import Settings
+from titanium.config import ServiceName, Settings
 from titanium.db.engine import Database
 from titanium.db.revisions import check_schema
+from titanium.db.tables import INTEGER_MAX
 from titanium.errors import Forbidden
 from titanium.security.tokens import TokenVerifier
 from titanium.services.blog.cache import Cached, ChangeListener, DataVersionWatch, ResponseCache
 from titanium.services.blog.repository import DEFAULT_CATEGORY, BlogRepository, PostFilter
 from titanium.services.blog.schemas import Category, NewPost, Post, PostChanges, PostSummary
+from titanium.services.registry import service_name
 from titanium.web.accounts import ActiveIdentity
-from titanium.web.client import open_downstream
+from titanium.web.client import Downstream, service_pools
 from titanium.web.errors import ERROR_RESPONSES
 from titanium.web.service import install_common
 
@@ -25,7 +27,7 @@ from titanium.web.service import install_common
 _SUMMARIES = TypeAdapter(list[PostSummary])
 _POST = TypeAdapter(Post)
 _CATEGORIES = TypeAdapter(list[Category])
-PostIdPath = Annotated[int, Path(ge=1, le=2_147_483_647)]
+PostIdPath = Annotated[int, Path(ge=1, le=INTEGER_MAX)]
 
 
 def _repository_of(request: Request) -> BlogRepository:
@@ -54,8 +56,10 @@ async def _own_post(repo: BlogRepository, post_id: int, username: str) -> None:
         raise Forbidden("only the author may change this post")
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Build blog-service; configuration errors surface here, before serving."""
+def create_app(
+    settings: Settings, *, downstreams: Mapping[ServiceName, Downstream] | None = None
+) -> FastAPI:
+    """Build blog-service (given `downstreams` stay the caller's); config errors surface here."""
     db = Database(settings, "blog")
     verifier = TokenVerifier(settings)
 
@@ -69,20 +73,19 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.users = open_downstream(
-            "user-service",
-            settings.user_service_url,
-            timeout_seconds=settings.upstream_timeout_seconds,
-        )
-        if settings.blog_cache_entries:
-            watch.start()
-        yield
-        await watch.stop()
-        await app.state.users.close()
+        async with service_pools(settings, ["users"], downstreams) as pools:
+            app.state.users = pools["users"]
+            if settings.blog_cache_entries:
+                watch.start()
+            yield
+            await watch.stop()
         await db.dispose()
 
     app = FastAPI(
-        title="Titanium blog-service", version="1", lifespan=lifespan, responses=ERROR_RESPONSES
+        title=f"Titanium {service_name('blog')}",
+        version="1",
+        lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     app.state.db = db
     app.state.verifier = verifier
@@ -97,7 +100,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def stats(_request: Request) -> dict[str, Any]:
         return {"database": db.backend, **await BlogRepository(db).count()}
 
-    install_common(app, service="blog-service", settings=settings, ready=ready, stats=stats)
+    install_common(app, service="blog", settings=settings, ready=ready, stats=stats)
     _add_api(app)
     _add_pages(app)
     return app
@@ -126,7 +129,7 @@ def _add_api(app: FastAPI) -> None:
     @app.get("/blog/api/posts", response_model=list[PostSummary], summary="List posts")
     async def list_posts(
         request: Request,
-        offset: Annotated[int, Query(ge=0, le=2_147_483_647)] = 0,
+        offset: Annotated[int, Query(ge=0, le=INTEGER_MAX)] = 0,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
         category: Annotated[str | None, Query(max_length=50, description="slug")] = None,
         author: Annotated[str | None, Query(max_length=100)] = None,

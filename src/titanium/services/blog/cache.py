@@ -28,6 +28,7 @@ from pathlib import Path
 import asyncpg
 
 from titanium.config import Settings
+from titanium.db.engine import connect_postgres
 
 log = logging.getLogger(__name__)
 CHANNEL = "titanium_blog"
@@ -116,13 +117,7 @@ class ChangeListener:
             await asyncio.sleep(1)
 
     async def _listen(self) -> None:
-        s = self.settings
-        password = s.postgres_password.get_secret_value() if s.postgres_password else None
-        conn = await asyncpg.connect(
-            host=s.postgres_host, port=s.postgres_port, user=s.postgres_user,
-            password=password, database=s.postgres_db, timeout=s.db_connect_timeout_seconds,
-            server_settings={"application_name": "titanium-blog-listener"},
-        )  # fmt: skip
+        conn = await connect_postgres(self.settings, "titanium-blog-listener")
         try:
             # A closed connection turns the cache off at once; one that silently
             # hangs is caught by the health query below, within two intervals.

@@ -19,6 +19,7 @@ from fastapi import FastAPI, Header, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import RedirectResponse, Response
 
+from titanium.db.tables import INTEGER_MAX
 from titanium.errors import NotFound
 
 STATIC = Path(__file__).parent / "static"
@@ -43,7 +44,7 @@ CONTENT_SECURITY_POLICY = (
 # {{name}} becomes the file's versioned URL, {{inline:name}} its content.
 _PLACEHOLDER = re.compile(r"\{\{\s*(inline:)?([\w.-]+)\s*\}\}")
 
-PostIdPath = Annotated[int, PathParam(ge=1, le=2_147_483_647)]
+PostIdPath = Annotated[int, PathParam(ge=1, le=INTEGER_MAX)]
 
 
 @dataclass(frozen=True)
@@ -84,11 +85,11 @@ def _version(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()[:16]
 
 
-def load_site(directory: Path = STATIC) -> Site:
+def load_site() -> Site:
     """Read the static files and fill the shell's placeholders."""
     assets = {
         path.name: Asset(body, MEDIA_TYPES[path.suffix], _version(body))
-        for path in sorted(directory.iterdir())
+        for path in sorted(STATIC.iterdir())
         if path.is_file() and path.suffix in MEDIA_TYPES
         for body in [path.read_bytes()]
     }
@@ -98,7 +99,7 @@ def load_site(directory: Path = STATIC) -> Site:
         inline, name = match.group(1), match.group(2)
         if name not in assets:
             # A packaging mistake; better to refuse to start than to serve a broken page.
-            raise RuntimeError(f"{SHELL} refers to {name}, which is not in {directory}")
+            raise RuntimeError(f"{SHELL} refers to {name}, which is not in {STATIC}")
         if not inline:
             return f"/blog/static/{name}?v={assets[name].version}"
         text = assets[name].body.decode("utf-8")
@@ -106,7 +107,7 @@ def load_site(directory: Path = STATIC) -> Site:
         style_hashes.append(f"'sha256-{digest}'")
         return text
 
-    shell = _PLACEHOLDER.sub(fill, (directory / SHELL).read_text(encoding="utf-8")).encode()
+    shell = _PLACEHOLDER.sub(fill, (STATIC / SHELL).read_text(encoding="utf-8")).encode()
     return Site(
         shell=shell,
         shell_etag=f'"{_version(shell)}"',
@@ -121,9 +122,9 @@ def _not_modified(etag: str, if_none_match: str | None) -> bool:
     return any(tag.strip() in (etag, f"W/{etag}", "*") for tag in if_none_match.split(","))
 
 
-def add_pages(app: FastAPI, site: Site | None = None) -> None:
+def add_pages(app: FastAPI) -> None:
     """Serve the UI: the shell at every page URL, the assets under /blog/static/."""
-    loaded = site or load_site()
+    loaded = load_site()
     page_methods = ["GET", "HEAD"]
 
     @app.api_route("/blog", methods=page_methods, include_in_schema=False)

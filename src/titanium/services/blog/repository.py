@@ -8,9 +8,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from titanium.db.engine import Database
-from titanium.db.tables import categories, posts
+from titanium.db.tables import categories, posts, utc_now
 from titanium.errors import Conflict, InvalidInput, NotFound
-from titanium.services.users.repository import utc_now
 
 EXCERPT_LENGTH = 120
 DEFAULT_CATEGORY = "Uncategorized"

@@ -4,13 +4,13 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from titanium.db.tables import CATEGORY_NAME_MAX, TITLE_MAX
+from titanium.db.tables import CATEGORY_NAME_MAX, INTEGER_MAX, TITLE_MAX
 from titanium.web.schemas import NoNul, NotBlank, UtcDatetime
 
 Title = Annotated[str, StringConstraints(max_length=TITLE_MAX), NoNul, NotBlank]
 Content = Annotated[str, StringConstraints(max_length=500_000), NoNul, NotBlank]
 CategoryName = Annotated[str, StringConstraints(max_length=CATEGORY_NAME_MAX), NoNul, NotBlank]
-CategoryId = Annotated[int, Field(ge=1, le=2_147_483_647)]
+CategoryId = Annotated[int, Field(ge=1, le=INTEGER_MAX)]
 
 
 class _CategoryChoice(BaseModel):

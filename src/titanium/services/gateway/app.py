@@ -6,23 +6,26 @@ own keep-alive pool; the request id is created here and passed on.
 """
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from titanium.config import Settings
+from titanium.config import ServiceName, Settings
 from titanium.errors import BadGateway, NotFound, TitaniumError, Unavailable, UpstreamTimeout
-from titanium.web.client import Downstream, open_downstream
+from titanium.services.registry import SERVICES
+from titanium.web.client import Downstream, service_pools
 from titanium.web.context import request_id_var
-from titanium.web.errors import response_for
+from titanium.web.errors import error_response, response_for
 from titanium.web.service import install_common
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -229,24 +232,66 @@ async def public_openapi(downstreams: dict[str, Downstream]) -> dict[str, Any]:
     return document
 
 
-def create_app(settings: Settings) -> Starlette:
-    """Build the gateway; configuration errors surface here, before serving."""
-    urls = {
-        "auth": ("auth-service", settings.auth_service_url),
-        "users": ("user-service", settings.user_service_url),
-        "blog": ("blog-service", settings.blog_service_url),
-    }
+# What the public operations behind ROUTES use. PUT is routed but no service has
+# a PUT operation, so pages are not told they may send one.
+CORS_METHODS = ["GET", "HEAD", "POST", "PATCH", "DELETE"]
+# Authorization carries the token and a JSON Content-Type is not a "simple" one,
+# so both need the preflight's consent; X-Request-ID, because the gateway keeps
+# a well-formed incoming one and a page may want its request found in the logs.
+CORS_REQUEST_HEADERS = ["Authorization", "Content-Type", "X-Request-ID"]
+# Pages can read only these beyond the safelisted few: the post list's total,
+# when to retry after a 429 or 503, and the id to quote in a bug report.
+CORS_EXPOSED_HEADERS = ["X-Total-Count", "Retry-After", "X-Request-ID"]
+
+
+class CrossOrigin(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered in Titanium's error body."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        """The preflight answer; a refusal keeps Starlette's status, text and headers."""
+        answer = super().preflight_response(request_headers)
+        if answer.status_code < 400:
+            return answer
+        headers = {
+            name: value
+            for name, value in answer.headers.items()
+            if name not in ("content-type", "content-length")
+        }
+        return error_response(answer.status_code, bytes(answer.body).decode(), headers)
+
+
+def install_cors(app: Starlette, origins: tuple[str, ...]) -> None:
+    """Let pages on `origins` call the API from a browser; without origins, no CORS at all."""
+    if not origins:
+        return
+    # Added last, so outermost: around ForwardPublicRoutes (preflights of public
+    # routes must not be forwarded to a service) and around the request-context
+    # middleware, so that its 413 and 422 reach the page readable too.
+    app.add_middleware(
+        CrossOrigin,
+        allow_origins=origins,
+        allow_methods=CORS_METHODS,
+        allow_headers=CORS_REQUEST_HEADERS,
+        expose_headers=CORS_EXPOSED_HEADERS,
+        # Tokens are bearer headers a page's script sets, not cookies: there is no
+        # ambient credential to send, and not allowing them keeps it that way
+        # should a cookie ever appear on this domain.
+        allow_credentials=False,
+    )
+
+
+def create_app(
+    settings: Settings, *, downstreams: Mapping[ServiceName, Downstream] | None = None
+) -> Starlette:
+    """Build the gateway (given `downstreams` stay the caller's); config errors surface here."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.downstreams = {
-            key: open_downstream(name, url, timeout_seconds=settings.upstream_timeout_seconds)
-            for key, (name, url) in urls.items()
-        }
-        app.state.openapi = None
-        yield
-        for downstream in app.state.downstreams.values():
-            await downstream.close()
+        callees = [service.id for service in SERVICES.values() if service.url_setting]
+        async with service_pools(settings, callees, downstreams) as pools:
+            app.state.downstreams = pools
+            app.state.openapi = None
+            yield
 
     async def home(_request: Request) -> Response:
         return RedirectResponse("/blog/")
@@ -283,5 +328,6 @@ def create_app(settings: Settings) -> Starlette:
             raise Unavailable(f"unreachable: {', '.join(down)}")
         return {"downstreams": state}
 
-    install_common(app, service="api-gateway", settings=settings, ready=ready)
+    install_common(app, service="gateway", settings=settings, ready=ready)
+    install_cors(app, settings.cors_allow_origins)
     return app

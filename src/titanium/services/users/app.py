@@ -1,29 +1,34 @@
 """user-service: accounts, profiles and the internal credential check for auth-service."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 from fastapi import Depends, FastAPI, Path, Request, Response, status
 
-from titanium.config import Settings
+from titanium.config import ServiceName, Settings
+from titanium.contracts import ACCOUNT_PATH, CREDENTIALS_PATH, Credentials, VerifiedUser
 from titanium.db.engine import Database
 from titanium.db.revisions import check_schema
+from titanium.db.tables import INTEGER_MAX
 from titanium.errors import NotFound, Unauthorized
 from titanium.security import passwords
 from titanium.security.tokens import TokenVerifier
+from titanium.services.registry import service_name
 from titanium.services.users.repository import User, UserRepository
 from titanium.services.users.schemas import (
-    Credentials,
     OwnProfile,
     PublicProfile,
     Registration,
-    VerifiedUser,
 )
 from titanium.web.auth import CurrentIdentity
 from titanium.web.errors import ERROR_RESPONSES
 from titanium.web.service import install_common
+
+if TYPE_CHECKING:
+    # Only for the signature: user-service never loads the HTTP client (memory budget).
+    from titanium.web.client import Downstream
 
 # Each argon2 hash takes 12 MiB for a few tens of ms; one at a time keeps the
 # process under its 120 MB budget (more logins per second come from more replicas).
@@ -42,8 +47,13 @@ async def _in_thread(request: Request, func: Any, *args: Any) -> Any:
     return await anyio.to_thread.run_sync(func, *args, limiter=limiter)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(
+    settings: Settings, *, downstreams: Mapping[ServiceName, "Downstream"] | None = None
+) -> FastAPI:
     """Build user-service; configuration errors surface here, before serving."""
+    # A leaf, it calls no service: `downstreams` is there so that every factory
+    # has the one signature `app_factory` hands out.
+    del downstreams
     db = Database(settings, "users")
     verifier = TokenVerifier(settings)
 
@@ -54,7 +64,10 @@ def create_app(settings: Settings) -> FastAPI:
         await db.dispose()
 
     app = FastAPI(
-        title="Titanium user-service", version="1", lifespan=lifespan, responses=ERROR_RESPONSES
+        title=f"Titanium {service_name('users')}",
+        version="1",
+        lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     app.state.db = db
     app.state.verifier = verifier
@@ -65,7 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def stats(_request: Request) -> dict[str, Any]:
         return {"database": db.backend, "users": await UserRepository(db).count()}
 
-    install_common(app, service="user-service", settings=settings, ready=ready, stats=stats)
+    install_common(app, service="users", settings=settings, ready=ready, stats=stats)
     _add_routes(app)
     return app
 
@@ -114,18 +127,18 @@ def _add_routes(app: FastAPI) -> None:
         return user
 
     @app.get(
-        "/internal/users/{user_id}",
+        ACCOUNT_PATH,
         response_model=VerifiedUser,
         summary="Does this account exist? (blog-service only; never routed by the gateway)",
     )
-    async def account(user_id: Annotated[int, Path(ge=1, le=2_147_483_647)], repo: Users) -> User:
+    async def account(user_id: Annotated[int, Path(ge=1, le=INTEGER_MAX)], repo: Users) -> User:
         user = await repo.by_id(user_id)
         if user is None:
             raise NotFound("no such user")
         return user
 
     @app.post(
-        "/internal/credentials",
+        CREDENTIALS_PATH,
         response_model=VerifiedUser,
         summary="Check a password (auth-service only; never routed by the gateway)",
     )

@@ -1,12 +1,12 @@
 """Queries on the users table."""
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import sqlalchemy as sa
 
 from titanium.db.engine import Database
-from titanium.db.tables import users
+from titanium.db.tables import users, utc_now
 from titanium.errors import Conflict
 
 
@@ -19,11 +19,6 @@ class User:
     email: str
     password_hash: str
     created_at: datetime | None
-
-
-def utc_now() -> datetime:
-    """The current time as naive UTC, the way TIMESTAMP columns store it."""
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class UserRepository:

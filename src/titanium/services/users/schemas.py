@@ -4,12 +4,11 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
 
+from titanium.contracts import PASSWORD_MAX
 from titanium.db.tables import EMAIL_MAX, USERNAME_MAX
 from titanium.web.schemas import NoNul, UtcDatetime
 
 PASSWORD_MIN = 8
-# Long passphrases are welcome (argon2 hashes all of it); the cap only stops abuse.
-PASSWORD_MAX = 1024
 RESERVED_USERNAMES = {"me"}
 
 
@@ -44,13 +43,6 @@ class Registration(BaseModel):
     password: Password
 
 
-class Credentials(BaseModel):
-    """A username and password to check (internal, from auth-service)."""
-
-    username: Annotated[str, StringConstraints(min_length=1, max_length=USERNAME_MAX), NoNul]
-    password: Annotated[str, StringConstraints(min_length=1, max_length=PASSWORD_MAX), NoNul]
-
-
 class PublicProfile(BaseModel):
     """What anyone may see of a user."""
 
@@ -63,10 +55,3 @@ class OwnProfile(PublicProfile):
     """What a user sees of themselves."""
 
     email: str
-
-
-class VerifiedUser(BaseModel):
-    """The answer to a successful credential check."""
-
-    id: int
-    username: str

@@ -7,18 +7,12 @@ Revises: 0001
 import sqlalchemy as sa
 from alembic import op
 
+from titanium.db.seed import SEED_CATEGORIES
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
-
-# The old system's categories; inserted in this order they get ids 1, 2, 3 on
-# both backends, which old clients rely on.
-SEED_CATEGORIES = [
-    {"name": "기술 스택", "slug": "tech-stack", "color": "#3b82f6"},
-    {"name": "Troubleshooting", "slug": "troubleshooting", "color": "#ef4444"},
-    {"name": "Test", "slug": "test", "color": "#10b981"},
-]
 
 
 def upgrade() -> None:
@@ -33,7 +27,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("slug", name="uq_categories_slug"),
         sqlite_autoincrement=True,
     )
-    op.bulk_insert(categories, SEED_CATEGORIES)
+    op.bulk_insert(categories, list(SEED_CATEGORIES))
     # Nullable: rows that come from the seed's schema have no category.
     with op.batch_alter_table("posts", table_kwargs={"sqlite_autoincrement": True}) as batch:
         batch.add_column(sa.Column("category_id", sa.Integer, nullable=True))

@@ -2,8 +2,9 @@
 
 blog-service caches rendered reads while it LISTENs on `titanium_blog`; these
 statement-level triggers make every write (the API, a migration, psql) announce
-itself, so a cache is never left stale. SQLite has no such channel: the service
-does not cache there.
+itself, so a cache is never left stale. SQLite has no such channel, so this
+revision does nothing there: the cache watches `PRAGMA data_version` instead
+(`services/blog/cache.py`).
 
 Revision ID: 0003
 Revises: 0002
