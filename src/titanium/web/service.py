@@ -2,8 +2,10 @@
 
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -12,11 +14,22 @@ from titanium import __version__
 from titanium.config import ServiceName, Settings
 from titanium.errors import Unavailable
 from titanium.services.registry import service_name
-from titanium.web.errors import install_error_handlers
+from titanium.web.errors import ERROR_RESPONSES, install_error_handlers
 from titanium.web.metrics import Metrics
 from titanium.web.middleware import RequestContextMiddleware
 
 Check = Callable[[Request], Awaitable[dict[str, Any]]]
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def service_app(service: ServiceName, lifespan: Lifespan) -> FastAPI:
+    """The FastAPI app of a service, its OpenAPI document naming it and every error shape."""
+    return FastAPI(
+        title=f"Titanium {service_name(service)}",
+        version="1",
+        lifespan=lifespan,
+        responses=ERROR_RESPONSES,
+    )
 
 
 async def _no_details(_request: Request) -> dict[str, Any]:

@@ -17,11 +17,9 @@ from titanium.contracts import CREDENTIALS_PATH, Credentials, VerifiedUser
 from titanium.errors import Unauthorized, Unavailable
 from titanium.security.ratelimit import FailureLimiter
 from titanium.security.tokens import TokenIssuer, TokenVerifier
-from titanium.services.registry import service_name
 from titanium.web.auth import CurrentIdentity
 from titanium.web.client import Downstream, forward_headers, service_pools
-from titanium.web.errors import ERROR_RESPONSES
-from titanium.web.service import install_common
+from titanium.web.service import install_common, service_app
 
 
 class LoginResult(BaseModel):
@@ -77,12 +75,7 @@ def create_app(
             app.state.users = pools["users"]
             yield
 
-    app = FastAPI(
-        title=f"Titanium {service_name('auth')}",
-        version="1",
-        lifespan=lifespan,
-        responses=ERROR_RESPONSES,
-    )
+    app = service_app("auth", lifespan)
     app.state.verifier = verifier
 
     async def ready(request: Request) -> dict[str, Any]:

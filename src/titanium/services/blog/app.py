@@ -16,11 +16,9 @@ from titanium.security.tokens import TokenVerifier
 from titanium.services.blog.cache import Cached, ChangeListener, DataVersionWatch, ResponseCache
 from titanium.services.blog.repository import DEFAULT_CATEGORY, BlogRepository, PostFilter
 from titanium.services.blog.schemas import Category, NewPost, Post, PostChanges, PostSummary
-from titanium.services.registry import service_name
 from titanium.web.accounts import ActiveIdentity
 from titanium.web.client import Downstream, service_pools
-from titanium.web.errors import ERROR_RESPONSES
-from titanium.web.service import install_common
+from titanium.web.service import install_common, service_app
 
 # Responses are serialised here (validated against the documented models), so a
 # cached body is exactly what a fresh read would send.
@@ -81,12 +79,7 @@ def create_app(
             await watch.stop()
         await db.dispose()
 
-    app = FastAPI(
-        title=f"Titanium {service_name('blog')}",
-        version="1",
-        lifespan=lifespan,
-        responses=ERROR_RESPONSES,
-    )
+    app = service_app("blog", lifespan)
     app.state.db = db
     app.state.verifier = verifier
     app.state.cache = cache

@@ -15,7 +15,6 @@ from titanium.db.tables import INTEGER_MAX
 from titanium.errors import NotFound, Unauthorized
 from titanium.security import passwords
 from titanium.security.tokens import TokenVerifier
-from titanium.services.registry import service_name
 from titanium.services.users.repository import User, UserRepository
 from titanium.services.users.schemas import (
     OwnProfile,
@@ -23,8 +22,7 @@ from titanium.services.users.schemas import (
     Registration,
 )
 from titanium.web.auth import CurrentIdentity
-from titanium.web.errors import ERROR_RESPONSES
-from titanium.web.service import install_common
+from titanium.web.service import install_common, service_app
 
 if TYPE_CHECKING:
     # Only for the signature: user-service never loads the HTTP client (memory budget).
@@ -63,12 +61,7 @@ def create_app(
         yield
         await db.dispose()
 
-    app = FastAPI(
-        title=f"Titanium {service_name('users')}",
-        version="1",
-        lifespan=lifespan,
-        responses=ERROR_RESPONSES,
-    )
+    app = service_app("users", lifespan)
     app.state.db = db
     app.state.verifier = verifier
 
