@@ -168,6 +168,8 @@ def run_backend(backend: str, duration: int, workdir: Path) -> dict[str, Any]:
         "JWT_PRIVATE_KEY_FILE": str(private),
         "JWT_PUBLIC_KEY_FILE": str(public),
         "LOG_LEVEL": "WARNING",
+        # The seed registers USERS accounts from one client, past the per-client limit.
+        "REGISTRATION_MAX_PER_CLIENT": str(USERS),
     }
     database = None
     if backend == "postgresql":

@@ -112,6 +112,7 @@ def main() -> None:
             # Every attempt here fails on purpose; throttling would turn them into 429s.
             "LOGIN_MAX_FAILURES_PER_USER": "100000",
             "LOGIN_MAX_FAILURES_PER_CLIENT": "100000",
+            "LOGIN_MAX_FAILURES_PER_USER_ALL_CLIENTS": "100000",
         }
         subprocess.run([sys.executable, "-m", "titanium", "db", "upgrade"], env=env, check=True)
         stack = Stack(env=env, ports=free_ports())

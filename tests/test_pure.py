@@ -20,9 +20,9 @@ from titanium.errors import (
     Unavailable,
     UpstreamTimeout,
 )
-from titanium.services.auth.app import client_address
 from titanium.services.blog.repository import EXCERPT_LENGTH, excerpt, slugify
 from titanium.services.gateway.app import _has_dot_segment, _request_headers
+from titanium.web.clients import client_address
 from titanium.web.context import new_request_id, request_id_var
 from titanium.web.errors import response_for
 

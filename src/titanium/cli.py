@@ -70,6 +70,7 @@ def serve(
     from titanium.logs import configure_logging
     from titanium.memory import tune_malloc
     from titanium.services.registry import app_factory
+    from titanium.web.server import bounded_protocol
 
     tune_malloc()  # before any thread exists: the arena cap applies to new threads
     settings = _settings()
@@ -85,7 +86,8 @@ def serve(
         host=host,
         port=port or SERVICES[service].port,
         loop="uvloop",
-        http="httptools",
+        # httptools, with limits on the request head that uvicorn does not set.
+        http=bounded_protocol(settings),
         access_log=False,
         log_config=None,
         server_header=False,

@@ -116,7 +116,10 @@ class Settings(BaseSettings):
 
     login_max_failures_per_user: Annotated[int, Field(ge=1)] = 5
     login_max_failures_per_client: Annotated[int, Field(ge=1)] = 20
+    login_max_failures_per_user_all_clients: Annotated[int, Field(ge=1)] = 50
     login_failure_window_seconds: Annotated[int, Field(ge=1)] = 60
+    registration_max_per_client: Annotated[int, Field(ge=1)] = 30
+    registration_window_seconds: Annotated[int, Field(ge=1)] = 60
 
     db_pool_size: Annotated[int, Field(ge=1, le=100)] = 10
     db_pool_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
@@ -125,9 +128,17 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
 
     blog_cache_entries: Annotated[int, Field(ge=0, le=100_000)] = 1024
+    # blog-service peaked at 107-111 MB RSS in the benchmark (docs/benchmarks.md),
+    # against a 120 MB budget: 8 MiB of cached bodies on top still fits, 16 would not.
+    # The 384 Mi pod limit is the fuse, not the budget.
+    blog_cache_bytes: Annotated[int, Field(ge=64 * 1024, le=1024**3)] = 8 * 1024 * 1024
 
     upstream_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
+    client_body_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
+    client_header_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 16 * 1024
+    max_header_count: Annotated[int, Field(ge=16, le=1000)] = 100
     cors_allow_origins: Origins = ()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

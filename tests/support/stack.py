@@ -47,6 +47,9 @@ def start_stack(env: dict[str, str], log_dir: Path) -> Stack:
     for service in DATA_SERVICES:
         asyncio.run(upgrade_schema(settings, service))
     ports = {name: free_port() for name in SERVICES}
-    stack = Stack(env={**os.environ, **env}, ports=ports, log_dir=log_dir)
+    # Every test registers from 127.0.0.1: one client to the registration limit, which
+    # tests/test_throttling.py proves on a stack of its own.
+    defaults = {"REGISTRATION_MAX_PER_CLIENT": "100000"}
+    stack = Stack(env={**os.environ, **defaults, **env}, ports=ports, log_dir=log_dir)
     stack.start()
     return stack

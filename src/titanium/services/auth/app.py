@@ -15,10 +15,11 @@ from pydantic import BaseModel
 from titanium.config import ServiceName, Settings
 from titanium.contracts import CREDENTIALS_PATH, Credentials, VerifiedUser
 from titanium.errors import Unauthorized, Unavailable
-from titanium.security.ratelimit import FailureLimiter
+from titanium.security.ratelimit import LoginThrottle
 from titanium.security.tokens import TokenIssuer, TokenVerifier
 from titanium.web.auth import CurrentIdentity
 from titanium.web.client import Downstream, forward_headers, service_pools
+from titanium.web.clients import client_address
 from titanium.web.service import install_common, service_app
 
 
@@ -48,26 +49,13 @@ class VerifyResult(BaseModel):
     data: VerifiedToken
 
 
-def client_address(request: Request) -> str:
-    """The caller's address: the entry the gateway appended to X-Forwarded-For, if any."""
-    forwarded = request.headers.get("x-forwarded-for")
-    if forwarded:
-        return forwarded.rsplit(",", 1)[-1].strip()
-    return request.client.host if request.client else "unknown"
-
-
 def create_app(
     settings: Settings, *, downstreams: Mapping[ServiceName, Downstream] | None = None
 ) -> FastAPI:
     """Build auth-service (given `downstreams` stay the caller's); config errors surface here."""
     issuer = TokenIssuer(settings)
     verifier = TokenVerifier(settings)
-    per_user = FailureLimiter(
-        settings.login_max_failures_per_user, settings.login_failure_window_seconds
-    )
-    per_client = FailureLimiter(
-        settings.login_max_failures_per_client, settings.login_failure_window_seconds
-    )
+    throttle = LoginThrottle(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -89,16 +77,18 @@ def create_app(
     @app.post("/api/login", response_model=LoginResult, summary="Log in and get a token")
     async def login(body: Credentials, request: Request) -> LoginResult:
         client = client_address(request)
-        user_key = body.username.lower()
-        per_client.check(client)
-        per_user.check(user_key)
-        user = await _check_credentials(request.app.state.users, body)
+        # Counted before the check: parallel guesses cannot all pass a budget
+        # that only completed failures would have used up.
+        attempt = throttle.attempt(body.username, client)
+        try:
+            user = await _check_credentials(request.app.state.users, body)
+        except Unavailable:
+            attempt.forgive()
+            raise
         if user is None:
-            per_client.record_failure(client)
-            per_user.record_failure(user_key)
             # Same answer for an unknown user and a wrong password.
             raise Unauthorized("invalid username or password")
-        per_user.reset(user_key)
+        throttle.succeeded(attempt, body.username, client)
         token = issuer.issue(user.id, user.username)
         return LoginResult(
             token=token, access_token=token, expires_in=issuer.ttl_seconds, user=user

@@ -61,7 +61,7 @@ def create_app(
     db = Database(settings, "blog")
     verifier = TokenVerifier(settings)
 
-    cache = ResponseCache(settings.blog_cache_entries)
+    cache = ResponseCache(settings.blog_cache_entries, settings.blog_cache_bytes)
     # How this process hears of other writers' changes depends on the backend.
     watch: ChangeListener | DataVersionWatch = (
         ChangeListener(settings, cache)
@@ -91,7 +91,9 @@ def create_app(
         return await check_schema(db)
 
     async def stats(_request: Request) -> dict[str, Any]:
-        return {"database": db.backend, **await BlogRepository(db).count()}
+        counts = await BlogRepository(db).count()
+        held = {"entries": len(cache), "bytes": cache.size_bytes, "max_bytes": cache.max_bytes}
+        return {"database": db.backend, **counts, "cache": held}
 
     install_common(app, service="blog", settings=settings, ready=ready, stats=stats)
     _add_api(app)

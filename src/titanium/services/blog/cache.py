@@ -43,17 +43,44 @@ class Cached:
     headers: dict[str, str]
 
 
-class ResponseCache:
-    """Bounded LRU of responses, emptied on every change; off while not live."""
+# What one entry costs besides its body (key tuple, Cached, headers dict, the
+# OrderedDict's node): about 490 bytes measured with tracemalloc, rounded up.
+ENTRY_OVERHEAD_BYTES = 512
+# An entry larger than this share of the byte budget is served but not kept: a few
+# huge posts would otherwise push out every list page and small post.
+LARGEST_ENTRY_SHARE = 8
 
-    def __init__(self, max_entries: int) -> None:
+
+class ResponseCache:
+    """LRU of responses bounded by entries and bytes, emptied on every change; off while not live.
+
+    The byte bound is what keeps memory in budget (posts go up to 500,000
+    characters); the entry bound stays as the operator's knob, and caps the
+    per-entry overhead when bodies are tiny.
+    """
+
+    def __init__(
+        self,
+        max_entries: int,
+        max_bytes: int = Settings.model_fields["blog_cache_bytes"].default,
+    ) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.generation = 0
         self.live = False
+        self.size_bytes = 0
         self._entries: OrderedDict[Hashable, Cached] = OrderedDict()
         # Asked before each use: empties the cache if the data changed, and says
         # whether it can be trusted at all right now.
         self.check: Callable[[], bool] = lambda: True
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @staticmethod
+    def cost(value: Cached) -> int:
+        """The bytes `value` is counted for against the budget."""
+        return len(value.body) + ENTRY_OVERHEAD_BYTES
 
     def _usable(self) -> bool:
         return self.live and self.check()
@@ -72,14 +99,22 @@ class ResponseCache:
         # A change that landed while the response was being read makes it suspect.
         if not self._usable() or generation != self.generation or self.max_entries == 0:
             return
+        if self.cost(value) > self.max_bytes // LARGEST_ENTRY_SHARE:
+            return
+        replaced = self._entries.pop(key, None)
+        if replaced is not None:
+            self.size_bytes -= self.cost(replaced)
         self._entries[key] = value
-        if len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        self.size_bytes += self.cost(value)
+        while len(self._entries) > self.max_entries or self.size_bytes > self.max_bytes:
+            _key, oldest = self._entries.popitem(last=False)
+            self.size_bytes -= self.cost(oldest)
 
     def invalidate(self) -> None:
         """Forget everything (the data changed)."""
         self.generation += 1
         self._entries.clear()
+        self.size_bytes = 0
 
     def set_live(self, live: bool) -> None:
         """Turn the cache on or off; both directions start empty."""

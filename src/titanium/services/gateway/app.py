@@ -56,7 +56,7 @@ OWN_HEADERS = {"x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwar
 # The gateway's own server writes these; relaying the service's would send them twice.
 SET_BY_GATEWAY = {"x-request-id", "date", "server"}
 NOT_RELAYED = HOP_BY_HOP | SET_BY_GATEWAY
-# Bodies up to this size are passed whole (cheaper); larger or unknown ones stream.
+# Response bodies up to this size are passed whole (cheaper); larger or unknown ones stream.
 BUFFER_LIMIT = 64 * 1024
 
 
@@ -94,30 +94,39 @@ def _has_dot_segment(path: str) -> bool:
     return any(segment in (".", "..") for segment in path.split("/"))
 
 
-async def _request_body(request: Request) -> bytes | AsyncIterator[bytes] | None:
-    """The body to forward: streamed when large and of declared length, else read whole.
+async def _request_body(request: Request, timeout_seconds: float) -> bytes | None:
+    """The whole body, read before an upstream connection is taken, or a 408.
 
-    A chunked body's size is unknown until it is read, so it is read here, where
-    the size limit answers 413; streamed on, an oversized one would surface as a
-    broken upstream connection (502), racing the upstream's own answer. A declared
-    length was already checked against the limit.
+    Streamed on as it arrived, a client that declared a large body and stalled
+    held one of the downstream pool's connections until the upstream timeout: a
+    hundred of them and every request to that service got a 502. Read here, a body
+    costs at most MAX_BODY_BYTES of memory (the size limit answers 413 while it is
+    read) and a slow client only its own connection, for `timeout_seconds` in all:
+    a total, not a per-read, deadline, so a body sent a byte at a time is cut too.
     """
-    length = request.headers.get("content-length")
-    if length is None and "transfer-encoding" not in request.headers:
+    headers = request.headers
+    if "content-length" not in headers and "transfer-encoding" not in headers:
         return None
-    if length is None or not length.isdigit() or int(length) <= BUFFER_LIMIT:
-        return await request.body()
-    return request.stream()
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            return await request.body()
+    except TimeoutError:
+        # Closed after the answer: the rest of the body may still be on its way.
+        raise HTTPException(
+            408, "request body not received in time", {"Connection": "close"}
+        ) from None
 
 
-async def _call(downstream: Downstream, scope: Scope, receive: Receive) -> aiohttp.ClientResponse:
+async def _call(
+    downstream: Downstream, scope: Scope, receive: Receive, body_timeout_seconds: float
+) -> aiohttp.ClientResponse:
     """Send the request on to `downstream`; its response is open until released."""
     if _has_dot_segment(scope["path"]):
         raise NotFound("not found")
     raw_path = scope.get("raw_path") or scope["path"].encode()
     query = scope.get("query_string", b"")
     target = raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
-    body = await _request_body(Request(scope, receive))
+    body = await _request_body(Request(scope, receive), body_timeout_seconds)
     try:
         return await downstream.session.request(
             scope["method"],
@@ -143,12 +152,13 @@ class Forward:
     Errors raised here still get the one exception mapping (`titanium.web.errors`).
     """
 
-    def __init__(self, downstream: str) -> None:
+    def __init__(self, downstream: str, body_timeout_seconds: float) -> None:
         self.downstream = downstream
+        self.body_timeout_seconds = body_timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         downstream: Downstream = scope["app"].state.downstreams[self.downstream]
-        upstream = await _call(downstream, scope, receive)
+        upstream = await _call(downstream, scope, receive, self.body_timeout_seconds)
         try:
             headers = _response_headers(upstream)
             length = upstream.content_length
@@ -309,7 +319,10 @@ def create_app(
         Route("/", home, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
-    public = [Route(path, Forward(key), methods=METHODS) for path, key in ROUTES]
+    public = [
+        Route(path, Forward(key, settings.client_body_timeout_seconds), methods=METHODS)
+        for path, key in ROUTES
+    ]
     app = Starlette(routes=routes + public, lifespan=lifespan)
     # Added before install_common's middleware, so it runs inside it (request id, log).
     app.add_middleware(ForwardPublicRoutes, routes=public)

@@ -1,5 +1,7 @@
 """user-service: accounts, profiles and the internal credential check for auth-service."""
 
+import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Annotated, Any
@@ -14,6 +16,7 @@ from titanium.db.revisions import check_schema
 from titanium.db.tables import INTEGER_MAX
 from titanium.errors import NotFound, Unauthorized
 from titanium.security import passwords
+from titanium.security.ratelimit import WindowLimiter
 from titanium.security.tokens import TokenVerifier
 from titanium.services.users.repository import User, UserRepository
 from titanium.services.users.schemas import (
@@ -22,6 +25,7 @@ from titanium.services.users.schemas import (
     Registration,
 )
 from titanium.web.auth import CurrentIdentity
+from titanium.web.clients import client_address
 from titanium.web.service import install_common, service_app
 
 if TYPE_CHECKING:
@@ -33,6 +37,47 @@ if TYPE_CHECKING:
 HASHING_CONCURRENCY = 1
 
 
+class HashingGate:
+    """At most `capacity` hashes at once; a waiting login goes before waiting registrations.
+
+    A priority rather than a second slot: a slot of its own for logins would
+    add a 12 MiB hash to a peak already near the memory budget.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._free = capacity
+        self._logins: deque[asyncio.Future[None]] = deque()
+        self._registrations: deque[asyncio.Future[None]] = deque()
+
+    @asynccontextmanager
+    async def slot(self, *, login: bool) -> AsyncIterator[None]:
+        """Hold a hashing slot for the block; logins are served first, each class in order."""
+        if self._free and not self._logins and not self._registrations:
+            self._free -= 1
+        else:
+            turn = asyncio.get_running_loop().create_future()
+            (self._logins if login else self._registrations).append(turn)
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._hand_on()  # handed the slot just as it was cancelled
+                raise
+        try:
+            yield
+        finally:
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        for queue in (self._logins, self._registrations):
+            while queue:
+                turn = queue.popleft()
+                if not turn.done():  # a cancelled waiter is skipped
+                    turn.set_result(None)
+                    return
+        self._free += 1
+
+
 async def _repository(request: Request) -> UserRepository:
     return UserRepository(request.app.state.db)
 
@@ -40,9 +85,10 @@ async def _repository(request: Request) -> UserRepository:
 Users = Annotated[UserRepository, Depends(_repository)]
 
 
-async def _in_thread(request: Request, func: Any, *args: Any) -> Any:
-    limiter: anyio.CapacityLimiter = request.app.state.hash_limiter
-    return await anyio.to_thread.run_sync(func, *args, limiter=limiter)
+async def _hash_in_thread(request: Request, func: Any, *args: Any, login: bool) -> Any:
+    gate: HashingGate = request.app.state.hash_gate
+    async with gate.slot(login=login):
+        return await anyio.to_thread.run_sync(func, *args)
 
 
 def create_app(
@@ -57,13 +103,18 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.hash_limiter = anyio.CapacityLimiter(HASHING_CONCURRENCY)
+        app.state.hash_gate = HashingGate(HASHING_CONCURRENCY)
         yield
         await db.dispose()
 
     app = service_app("users", lifespan)
     app.state.db = db
     app.state.verifier = verifier
+    app.state.registrations = WindowLimiter(
+        settings.registration_max_per_client,
+        settings.registration_window_seconds,
+        "too many registrations, retry later",
+    )
 
     async def ready(_request: Request) -> dict[str, Any]:
         return await check_schema(db)
@@ -90,7 +141,12 @@ def _add_routes(app: FastAPI) -> None:
         summary="Register",
     )
     async def register(body: Registration, repo: Users, request: Request) -> User:
-        password_hash = await _in_thread(request, passwords.hash_password, body.password)
+        registrations: WindowLimiter = request.app.state.registrations
+        # Counted before hashing: a refused registration costs no argon2 work.
+        registrations.acquire(client_address(request))
+        password_hash = await _hash_in_thread(
+            request, passwords.hash_password, body.password, login=False
+        )
         return await repo.create(body.username, body.email, password_hash)
 
     @app.get("/api/users/me", response_model=OwnProfile, summary="Own profile")
@@ -138,10 +194,14 @@ def _add_routes(app: FastAPI) -> None:
     async def check_credentials(body: Credentials, repo: Users, request: Request) -> User:
         user = await repo.by_username(body.username)
         stored = user.password_hash if user else passwords.DUMMY_HASH
-        valid = await _in_thread(request, passwords.verify_password, body.password, stored)
+        valid = await _hash_in_thread(
+            request, passwords.verify_password, body.password, stored, login=True
+        )
         if user is None or not valid:
             raise Unauthorized("invalid username or password")
         if passwords.needs_rehash(stored):
-            new_hash = await _in_thread(request, passwords.hash_password, body.password)
+            new_hash = await _hash_in_thread(
+                request, passwords.hash_password, body.password, login=True
+            )
             await repo.set_password_hash(user.id, new_hash)
         return user
