@@ -468,6 +468,8 @@ def test_every_secret_key_is_used_and_only_where_needed(overlay: Overlay) -> Non
     # Only auth-service can mint tokens; only the table owners reach the database.
     assert holders.get("JWT_PRIVATE_KEY") == {"auth-service"}, holders
     assert holders.get("POSTGRES_PASSWORD", set()) <= DATA_SERVICES | {MIGRATION_JOB}, holders
+    # Every service makes or accepts internal calls; the migration needs no token.
+    assert holders.get("INTERNAL_TOKEN") == set(SERVICES), holders
 
 
 def test_resources_and_generators_are_kept_apart() -> None:
@@ -528,6 +530,7 @@ def test_solid_cloud_uses_the_seed_configuration(solid_cloud: Overlay) -> None:
     assert config["data"]["POSTGRES_DB"] == "titanium"
     secret = solid_cloud.generated("Secret", "titanium-secrets")
     expected = {"POSTGRES_USER", "POSTGRES_PASSWORD", "JWT_PRIVATE_KEY", "JWT_PUBLIC_KEY"}
+    expected.add("INTERNAL_TOKEN")
     assert set(secret["data"]) == expected
 
 
@@ -558,6 +561,99 @@ def test_solid_cloud_lets_only_table_owners_reach_postgresql(solid_cloud: Overla
             assert set(peer) == {"podSelector"}, f"only pods of this namespace: {peer}"
             allowed |= set(selected_workloads(solid_cloud, peer["podSelector"]))
     assert allowed == DATA_SERVICES | {MIGRATION_JOB}
+
+
+# Who may open a connection to whom inside titanium-prod, and on which port:
+# "outside" is any client not in the namespace (an Ingress controller, a port-forward).
+OUTSIDE = "outside"
+INTENDED_PATHS = {
+    *{(source, "api-gateway", 8000) for source in [OUTSIDE, *SERVICES, MIGRATION_JOB]},
+    ("api-gateway", "auth-service", 8002),
+    ("api-gateway", "user-service", 8001),
+    ("api-gateway", "blog-service", 8005),
+    ("auth-service", "user-service", 8001),
+    ("blog-service", "user-service", 8001),
+}
+
+
+def peer_admits(peer: dict[str, Any], labels: dict[str, str] | None) -> bool:
+    """Whether a NetworkPolicy `from` entry admits a pod of the namespace (`labels`) or,
+    with None, a client from outside it."""
+    if "podSelector" in peer and "namespaceSelector" not in peer:
+        return labels is not None and selects(peer["podSelector"], labels)
+    # A namespaceSelector or an ipBlock: taken as admitting outside clients only,
+    # which is all this overlay may rely on (no namespace labels are known here).
+    return labels is None
+
+
+def admitted(
+    overlay: Overlay, labels: dict[str, str] | None, target: dict[str, Any], port: int
+) -> bool:
+    """Kubernetes' rule: a pod no Ingress policy selects takes every connection; one that
+    some select takes those that at least one of their rules allows."""
+    policies = [
+        p["spec"]
+        for p in overlay.of_kind("NetworkPolicy")
+        if "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+        and selects(p["spec"]["podSelector"], pod_labels(target))
+    ]
+    if not policies:
+        return True
+    for spec in policies:
+        for rule in spec.get("ingress", []):
+            ports = [declared_port(target, p["port"]) for p in rule.get("ports", [])]
+            if rule.get("ports") and port not in ports:
+                continue
+            if "from" not in rule or any(peer_admits(p, labels) for p in rule["from"]):
+                return True
+    return False
+
+
+def reachable(overlay: Overlay, sources: dict[str, dict[str, str] | None]) -> set[Any]:
+    """Every (source, Deployment, container port) connection the policies allow."""
+    paths = set()
+    for target in overlay.of_kind("Deployment"):
+        for container in pod_spec(target)["containers"]:
+            for declared in container.get("ports", []):
+                port = declared["containerPort"]
+                for source, labels in sources.items():
+                    if admitted(overlay, labels, target, port):
+                        paths.add((source, name_of(target), port))
+    return paths
+
+
+def test_solid_cloud_lets_each_service_be_reached_only_by_its_callers(
+    solid_cloud: Overlay,
+) -> None:
+    sources: dict[str, dict[str, str] | None] = {
+        name_of(w): pod_labels(w) for w in solid_cloud.workloads()
+    }
+    sources[OUTSIDE] = None
+    assert reachable(solid_cloud, sources) == INTENDED_PATHS
+    # Any other pod, even one labelled as Titanium's, reaches nothing but the gateway.
+    strangers: dict[str, dict[str, str] | None] = {
+        "unlabelled": {},
+        "stranger": {"app.kubernetes.io/name": "debug", "app.kubernetes.io/part-of": "titanium"},
+    }
+    assert reachable(solid_cloud, strangers) == {(name, "api-gateway", 8000) for name in strangers}
+
+
+def test_the_reachability_model_follows_kubernetes_rules(solid_cloud: Overlay) -> None:
+    # Without the default deny, auth-service would still be guarded by its own
+    # policy, but a workload no policy selects would take every connection.
+    objects = [
+        o for o in solid_cloud.objects
+        if not (o["kind"] == "NetworkPolicy" and name_of(o) == "user-service-ingress")
+    ]  # fmt: skip
+    opened = Overlay(solid_cloud.name, objects)
+    sources: dict[str, dict[str, str] | None] = {"stranger": {"app.kubernetes.io/name": "x"}}
+    # The default deny still selects user-service: nobody gets in.
+    assert ("stranger", "user-service", 8001) not in reachable(opened, sources)
+    without_deny = Overlay(
+        solid_cloud.name,
+        [o for o in objects if not name_of(o).startswith("titanium-default-deny")],
+    )
+    assert ("stranger", "user-service", 8001) in reachable(without_deny, sources)
 
 
 def pod_resources(workload: dict[str, Any]) -> dict[str, float]:

@@ -40,6 +40,8 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _HOSTNAME = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)*")
+# Sent as an HTTP header value: visible ASCII only, and long enough not to be guessed.
+_INTERNAL_TOKEN = re.compile(r"[!-~]{32,}")
 
 
 def _is_host(host: str) -> bool:
@@ -140,6 +142,9 @@ class Settings(BaseSettings):
     max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 16 * 1024
     max_header_count: Annotated[int, Field(ge=16, le=1000)] = 100
     cors_allow_origins: Origins = ()
+    # Service-to-service authentication: every internal call and every request the
+    # gateway relays carries it (web/clients.py). Unset, nothing is checked, as before.
+    internal_token: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")
@@ -153,6 +158,14 @@ class Settings(BaseSettings):
             url = getattr(self, name)
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"{name.upper()} must start with http:// or https://")
+        if self.internal_token is not None:
+            token = self.internal_token.get_secret_value()
+            if token.startswith("replace-"):
+                raise ValueError("INTERNAL_TOKEN is still the example's placeholder")
+            if not _INTERNAL_TOKEN.fullmatch(token):
+                raise ValueError(
+                    "INTERNAL_TOKEN must be at least 32 visible ASCII characters, no spaces"
+                )
         return self
 
     @property

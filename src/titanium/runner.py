@@ -4,6 +4,7 @@ Used by `titanium run` and by the tests, so both start the stack the same way.
 """
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -102,6 +103,14 @@ class Stack:
     log_dir: Path | None = None
     processes: dict[ServiceName, subprocess.Popen[bytes]] = field(default_factory=dict)
     _logs: list[IO[bytes]] = field(default_factory=list)
+    # The services' shared INTERNAL_TOKEN when `env` has none: made per stack and
+    # never written anywhere, since every process of the stack starts and stops with it.
+    _throwaway_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+
+    @property
+    def internal_token(self) -> str:
+        """The INTERNAL_TOKEN the services of this stack share."""
+        return self.env.get("INTERNAL_TOKEN") or self._throwaway_token
 
     def url(self, service: ServiceName) -> str:
         """Base URL of a service of this stack."""
@@ -109,7 +118,7 @@ class Stack:
 
     def child_env(self) -> dict[str, str]:
         """The environment every service process gets."""
-        env = dict(self.env)
+        env = {**self.env, "INTERNAL_TOKEN": self.internal_token}
         for service, variable in URL_VARIABLES.items():
             env[variable] = self.url(service)
         return env

@@ -151,6 +151,7 @@ class Checkout:
                 values = {
                     "POSTGRES_USER": "titanium_test",
                     "POSTGRES_PASSWORD": secrets.token_hex(16),
+                    "INTERNAL_TOKEN": secrets.token_urlsafe(32),
                 }
                 keys = [line.partition("=")[0] for line in example.splitlines() if "=" in line]
                 plain.write_text("".join(f"{key}={values[key]}\n" for key in keys))

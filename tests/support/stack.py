@@ -13,6 +13,7 @@ from support.ports import free_port
 from titanium.config import ServiceName
 from titanium.runner import Stack
 from titanium.services.registry import DATA_SERVICES, SERVICES
+from titanium.web.clients import INTERNAL_HEADER
 
 
 class RunningStack:
@@ -26,9 +27,14 @@ class RunningStack:
         self.gateway = stack.url("gateway")
         self.client = httpx.Client(base_url=self.gateway, timeout=30)
 
-    def service(self, name: ServiceName) -> httpx.Client:
-        """A client talking to one service directly (not through the gateway)."""
-        return httpx.Client(base_url=self.stack.url(name), timeout=30)
+    def service(self, name: ServiceName, *, internal: bool = True) -> httpx.Client:
+        """A client talking to one service directly (not through the gateway).
+
+        By default it calls as the gateway or another service would, with the stack's
+        INTERNAL_TOKEN; `internal=False` is anyone else who reaches the port.
+        """
+        headers = {INTERNAL_HEADER: self.stack.internal_token} if internal else {}
+        return httpx.Client(base_url=self.stack.url(name), headers=headers, timeout=30)
 
     def private_key(self) -> Ed25519PrivateKey:
         """The key the stack signs tokens with (to forge or expire one)."""

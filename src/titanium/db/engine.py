@@ -6,9 +6,12 @@ services never see a driver exception and never branch on the backend.
 """
 
 import asyncio
+import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -56,7 +59,7 @@ def create_engine(
         }
     if is_sqlite(url):
         assert url.database is not None
-        settings.sqlite_path(service).parent.mkdir(parents=True, exist_ok=True)
+        _create_private(settings.sqlite_path(service))
         engine = create_async_engine(
             url, connect_args={"timeout": settings.sqlite_busy_timeout_seconds}, **pool
         )
@@ -73,6 +76,17 @@ def create_engine(
     )
     _discard_closed_connections(engine)
     return engine
+
+
+def _create_private(path: Path) -> None:
+    """Create the SQLite file (empty is a valid database) readable by its owner only.
+
+    SQLite would create it with 0644 less the umask; it gives the -wal and -shm
+    files the database file's mode, so those follow. An existing file is left as it is.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _discard_closed_connections(engine: AsyncEngine) -> None:

@@ -9,6 +9,7 @@ from yarl import URL
 
 from titanium.config import ServiceName, Settings
 from titanium.services.registry import service_name, service_url
+from titanium.web.clients import internal_headers
 from titanium.web.context import request_id_var
 
 
@@ -40,25 +41,39 @@ class Downstream:
 
 
 def open_downstream(
-    name: str, base_url: str, *, timeout_seconds: float, limit: int = 100
+    name: str,
+    base_url: str,
+    *,
+    timeout_seconds: float,
+    limit: int = 100,
+    headers: Mapping[str, str] | None = None,
 ) -> Downstream:
-    """Create the pool for one downstream; call inside the running event loop."""
+    """Create the pool for one downstream; call inside the running event loop.
+
+    `headers` go with every request on the pool.
+    """
     connector = aiohttp.TCPConnector(limit=limit, keepalive_timeout=30, ttl_dns_cache=10)
     session = aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=timeout_seconds, connect=min(timeout_seconds, 2.0)),
         auto_decompress=False,
         skip_auto_headers=("User-Agent",),
+        headers=headers,
     )
     return Downstream(name, base_url, session)
 
 
 def open_service(settings: Settings, service: ServiceName) -> Downstream:
-    """The pool for calling one of Titanium's services, at the URL its setting names."""
+    """The pool for calling one of Titanium's services, at the URL its setting names.
+
+    Every request on it carries the internal token, so the callee knows it is one
+    of its own: the one place service-to-service calls are authenticated.
+    """
     return open_downstream(
         service_name(service),
         service_url(settings, service),
         timeout_seconds=settings.upstream_timeout_seconds,
+        headers=internal_headers(settings.internal_token),
     )
 
 
@@ -84,5 +99,5 @@ async def service_pools(
 
 
 def forward_headers() -> dict[str, str]:
-    """Headers every internal call carries: the current request id."""
+    """Headers every internal call carries beside the pool's own: the current request id."""
     return {"X-Request-ID": request_id_var.get()}

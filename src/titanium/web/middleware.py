@@ -8,13 +8,18 @@ import logging
 import time
 
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from titanium.logs import printable
 from titanium.web.context import REQUEST_ID_HEADER, new_request_id, request_id_var
 from titanium.web.errors import error_response
 from titanium.web.metrics import Metrics
 
 log = logging.getLogger("titanium.request")
+# nginx's code for "client closed the request": no answer was sent, and it is no
+# server error (a 4xx to the metrics, so error-rate alerts do not count it).
+CLIENT_CLOSED = 499
 
 
 class RequestContextMiddleware:
@@ -34,6 +39,7 @@ class RequestContextMiddleware:
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
+        outcome = ""
         header_value = request_id.encode()
 
         async def send_with_id(message: Message) -> None:
@@ -60,6 +66,11 @@ class RequestContextMiddleware:
                 await refusal(scope, receive, send_with_id)
             else:
                 await self.app(scope, self._limited(receive), send_with_id)
+        except ClientDisconnect:
+            # Gone before its body was read: there is no one to answer, and the
+            # request log line below is all there is to say about it.
+            status = CLIENT_CLOSED
+            outcome = " client disconnected"
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
@@ -67,12 +78,13 @@ class RequestContextMiddleware:
             method = scope["method"]
             self.metrics.observe(method, template, status, elapsed)
             log.info(
-                "%s %s %d %.1fms rid=%s",
+                "%s %s %d %.1fms rid=%s%s",
                 method,
-                scope["path"],
+                printable(scope["path"]),
                 status,
                 elapsed * 1000,
                 request_id,
+                outcome,
             )
             request_id_var.reset(token)
 

@@ -1,4 +1,8 @@
-"""The operational surface every service shares: /health, /ready, /metrics, /stats."""
+"""The operational surface every service shares: /health, /ready, /metrics, /stats.
+
+/metrics and /stats are for operators: answered only to a caller that reached the
+process directly (Prometheus scraping the pod), a 404 to anything a proxy relayed.
+"""
 
 import time
 from collections.abc import Awaitable, Callable
@@ -12,11 +16,14 @@ from starlette.responses import JSONResponse, Response
 
 from titanium import __version__
 from titanium.config import ServiceName, Settings
-from titanium.errors import Unavailable
+from titanium.errors import NotFound, Unavailable
 from titanium.services.registry import service_name
 from titanium.web.errors import ERROR_RESPONSES, install_error_handlers
 from titanium.web.metrics import Metrics
 from titanium.web.middleware import RequestContextMiddleware
+
+# Set by whatever relays a request (an ingress, a load balancer, the gateway itself).
+FORWARDING_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
 
 Check = Callable[[Request], Awaitable[dict[str, Any]]]
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -30,6 +37,12 @@ def service_app(service: ServiceName, lifespan: Lifespan) -> FastAPI:
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
     )
+
+
+def _refuse_relayed(request: Request) -> None:
+    """404, as for a path that does not exist, when a proxy forwarded `request`."""
+    if any(name in request.headers for name in FORWARDING_HEADERS):
+        raise NotFound("not found")
 
 
 async def _no_details(_request: Request) -> dict[str, Any]:
@@ -68,10 +81,12 @@ def install_common(
             return JSONResponse(body, 503)
         return JSONResponse({"status": "ready", "service": name, **details})
 
-    async def prometheus(_request: Request) -> Response:
+    async def prometheus(request: Request) -> Response:
+        _refuse_relayed(request)
         return Response(metrics.render(), media_type=metrics.content_type)
 
     async def status(request: Request) -> Response:
+        _refuse_relayed(request)
         body = {
             "service": name,
             "version": __version__,

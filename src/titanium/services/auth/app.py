@@ -76,7 +76,7 @@ def create_app(
 
     @app.post("/api/login", response_model=LoginResult, summary="Log in and get a token")
     async def login(body: Credentials, request: Request) -> LoginResult:
-        client = client_address(request)
+        client = client_address(request, settings.internal_token)
         # Counted before the check: parallel guesses cannot all pass a budget
         # that only completed failures would have used up.
         attempt = throttle.attempt(body.username, client)

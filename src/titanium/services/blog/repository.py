@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from titanium.db.engine import Database
-from titanium.db.tables import categories, posts, utc_now
+from titanium.db.tables import CATEGORY_SLUG_MAX, categories, posts, utc_now
 from titanium.errors import Conflict, InvalidInput, NotFound
 
 EXCERPT_LENGTH = 120
@@ -32,8 +32,16 @@ _post_columns = (
 
 
 def slugify(name: str) -> str:
-    """URL slug of a category name: lower case, runs of other characters become '-'."""
-    return re.sub(r"[\W_]+", "-", name.strip().lower()).strip("-")
+    """URL slug of a category name: lower case, runs of other characters become '-'.
+
+    Cut to the slug column's length after lower-casing, which can lengthen a name
+    ('İ' becomes 'i' and a combining dot, so 50 of them a 99-character slug). The
+    cut falls between code points and every one left is a letter, digit or '-', so
+    no character is split; two long names that agree up to the cut share a slug and
+    so, as names with the same slug always do, a category.
+    """
+    slug = re.sub(r"[\W_]+", "-", name.strip().lower()).strip("-")
+    return slug[:CATEGORY_SLUG_MAX].rstrip("-")
 
 
 def excerpt(head: str) -> str:

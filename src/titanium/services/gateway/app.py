@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+from yarl import URL
 
 from titanium.config import ServiceName, Settings
 from titanium.errors import BadGateway, NotFound, TitaniumError, Unavailable, UpstreamTimeout
@@ -53,6 +54,7 @@ HOP_BY_HOP = {
 }
 # Set by the gateway itself; a client's values are replaced, never trusted.
 OWN_HEADERS = {"x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+OWN_HEADERS.add("x-titanium-internal")  # INTERNAL_TOKEN, added by the pool (web/client.py)
 # The gateway's own server writes these; relaying the service's would send them twice.
 SET_BY_GATEWAY = {"x-request-id", "date", "server"}
 NOT_RELAYED = HOP_BY_HOP | SET_BY_GATEWAY
@@ -80,12 +82,37 @@ def _request_headers(scope: Scope) -> dict[str, str]:
     return headers
 
 
-def _response_headers(upstream: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
-    return [
-        (name.lower(), value)
-        for name, value in upstream.raw_headers
-        if name.decode("latin-1").lower() not in NOT_RELAYED
-    ]
+def _response_headers(
+    upstream: aiohttp.ClientResponse, downstream: Downstream
+) -> list[tuple[bytes, bytes]]:
+    headers = []
+    for raw_name, value in upstream.raw_headers:
+        name = raw_name.lower()
+        if name.decode("latin-1") in NOT_RELAYED:
+            continue
+        if name == b"location":
+            value = _public_location(value, downstream)
+        headers.append((name, value))
+    return headers
+
+
+def _public_location(location: bytes, downstream: Downstream) -> bytes:
+    """A redirect to the downstream's own address, as the same path on the gateway.
+
+    A service builds absolute redirects (Starlette's trailing-slash 307) from the
+    Host it was called with, which is the downstream's internal host:port; public
+    paths and service paths are the same, so the path alone is the public target.
+    Any scheme or port on the downstream's host is internal, so the host decides.
+    """
+    try:
+        target = URL(location.decode("latin-1"), encoded=True)
+    except ValueError:
+        return location
+    base = URL(downstream.base_url)
+    if target.host is None or target.host != base.host:
+        return location  # a path already, or another site's
+    path = target.raw_path_qs + (f"#{target.raw_fragment}" if target.raw_fragment else "")
+    return (path if path.startswith("/") else "/" + path).encode("latin-1")
 
 
 def _has_dot_segment(path: str) -> bool:
@@ -123,6 +150,9 @@ async def _call(
     """Send the request on to `downstream`; its response is open until released."""
     if _has_dot_segment(scope["path"]):
         raise NotFound("not found")
+    if sum(name == b"authorization" for name, _ in scope["headers"]) > 1:
+        # The relay would keep one, a service might read another: refuse the ambiguity.
+        raise HTTPException(400, "more than one Authorization header")
     raw_path = scope.get("raw_path") or scope["path"].encode()
     query = scope.get("query_string", b"")
     target = raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
@@ -160,7 +190,7 @@ class Forward:
         downstream: Downstream = scope["app"].state.downstreams[self.downstream]
         upstream = await _call(downstream, scope, receive, self.body_timeout_seconds)
         try:
-            headers = _response_headers(upstream)
+            headers = _response_headers(upstream, downstream)
             length = upstream.content_length
             head = scope["method"] == "HEAD"
             start = {"type": "http.response.start", "status": upstream.status, "headers": headers}

@@ -14,7 +14,7 @@ from titanium.contracts import ACCOUNT_PATH, CREDENTIALS_PATH, Credentials, Veri
 from titanium.db.engine import Database
 from titanium.db.revisions import check_schema
 from titanium.db.tables import INTEGER_MAX
-from titanium.errors import NotFound, Unauthorized
+from titanium.errors import Forbidden, NotFound, Unauthorized
 from titanium.security import passwords
 from titanium.security.ratelimit import WindowLimiter
 from titanium.security.tokens import TokenVerifier
@@ -25,7 +25,7 @@ from titanium.services.users.schemas import (
     Registration,
 )
 from titanium.web.auth import CurrentIdentity
-from titanium.web.clients import client_address
+from titanium.web.clients import client_address, is_internal
 from titanium.web.service import install_common, service_app
 
 if TYPE_CHECKING:
@@ -85,6 +85,20 @@ async def _repository(request: Request) -> UserRepository:
 Users = Annotated[UserRepository, Depends(_repository)]
 
 
+async def _internal_caller(request: Request) -> None:
+    # 403 whether the token is missing or wrong: auth-service reads a 401 from the
+    # credential check as "wrong password", and a misconfigured token must show as
+    # a 503 at login, not as users who suddenly cannot log in.
+    token = request.app.state.internal_token
+    if token is not None and not is_internal(request, token):
+        raise Forbidden("only Titanium's services may call internal routes")
+
+
+# On every /internal route; resolved before the body is used, so a refused call
+# costs no password check and learns nothing about accounts.
+InternalOnly = Depends(_internal_caller)
+
+
 async def _hash_in_thread(request: Request, func: Any, *args: Any, login: bool) -> Any:
     gate: HashingGate = request.app.state.hash_gate
     async with gate.slot(login=login):
@@ -110,6 +124,7 @@ def create_app(
     app = service_app("users", lifespan)
     app.state.db = db
     app.state.verifier = verifier
+    app.state.internal_token = settings.internal_token
     app.state.registrations = WindowLimiter(
         settings.registration_max_per_client,
         settings.registration_window_seconds,
@@ -143,7 +158,7 @@ def _add_routes(app: FastAPI) -> None:
     async def register(body: Registration, repo: Users, request: Request) -> User:
         registrations: WindowLimiter = request.app.state.registrations
         # Counted before hashing: a refused registration costs no argon2 work.
-        registrations.acquire(client_address(request))
+        registrations.acquire(client_address(request, request.app.state.internal_token))
         password_hash = await _hash_in_thread(
             request, passwords.hash_password, body.password, login=False
         )
@@ -179,6 +194,7 @@ def _add_routes(app: FastAPI) -> None:
         ACCOUNT_PATH,
         response_model=VerifiedUser,
         summary="Does this account exist? (blog-service only; never routed by the gateway)",
+        dependencies=[InternalOnly],
     )
     async def account(user_id: Annotated[int, Path(ge=1, le=INTEGER_MAX)], repo: Users) -> User:
         user = await repo.by_id(user_id)
@@ -190,6 +206,7 @@ def _add_routes(app: FastAPI) -> None:
         CREDENTIALS_PATH,
         response_model=VerifiedUser,
         summary="Check a password (auth-service only; never routed by the gateway)",
+        dependencies=[InternalOnly],
     )
     async def check_credentials(body: Credentials, repo: Users, request: Request) -> User:
         user = await repo.by_username(body.username)
