@@ -41,6 +41,15 @@ def test_bad_setting_stops_the_service_with_one_line(env: dict[str, str], variab
     assert variable in lines[0]
 
 
+def test_a_service_without_the_internal_token_does_not_start() -> None:
+    result = serve("gateway")  # needs no other setting
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "titanium: configuration error: INTERNAL_TOKEN is required "
+        "(32+ characters, same in all four)"
+    ]
+
+
 def test_missing_signing_key_names_the_variable() -> None:
     result = serve("auth")
     assert result.returncode == 2

@@ -21,6 +21,7 @@ import http.client
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -608,7 +609,8 @@ def test_image_entrypoint_and_cmd_serve_from_the_built_virtualenv(
     image: BuiltImage, started: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
     runtime, root = image.runtime, image.root
-    env = {"PATH": IMAGE_PATH}
+    # What a deployment always provides; the image itself must hold no secret.
+    env = {"PATH": IMAGE_PATH, "INTERNAL_TOKEN": secrets.token_urlsafe(32)}
     for instruction in runtime.instructions:
         if instruction.keyword == "ENV":
             apply_env(Stage("", "", [instruction]).env(), root, env)

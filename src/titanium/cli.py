@@ -76,6 +76,12 @@ def serve(
     settings = _settings()
     configure_logging(settings.log_level, service_name(service))
     asgi = guarded(app_factory(service), settings)
+    if settings.internal_token is None:
+        # Without it user-service's internal routes would answer anyone who reaches the
+        # port; every way Titanium is started (`titanium run`, the overlays, compose) sets it.
+        fail(
+            "configuration error: INTERNAL_TOKEN is required (32+ characters, same in all four)", 2
+        )
     # What is loaded by now lives as long as the process. Frozen, it is no longer
     # walked by each full garbage collection, a pause of 30-55 ms here that every
     # request in flight waits out.
