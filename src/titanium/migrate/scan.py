@@ -14,7 +14,10 @@ rows flagged go to the detailed pass (`examine`). The text and integer checks
 apply the predicates of `rules` to bounds (the longest text, the smallest and
 largest id), so whatever they accept the rules accept too
 (tests/test_sqlite_to_postgres_preflight.py checks it on generated values); a value they
-refuse may still be fine (a timestamp with an offset).
+refuse may still be fine (a timestamp with an offset). The timestamp check takes
+the number of values from SQLite's count(), never from the newlines of the
+concatenation: a value holding a newline (two timestamps in one) would otherwise
+be split into values that each look good.
 """
 
 from array import array
@@ -43,6 +46,7 @@ class ColumnSummary(NamedTuple):
     high: int | None  # INTEGER columns: the largest value
     longest: int | None  # TEXT columns with a limit: the most characters
     joined: bytes | None  # TEXT and TIMESTAMP columns: every value, joined by newlines
+    present: int | None  # TIMESTAMP columns: how many values are not NULL (SQLite's count)
 
 
 class WindowSummary(NamedTuple):
@@ -55,14 +59,17 @@ class WindowSummary(NamedTuple):
     columns: tuple[ColumnSummary, ...]
 
 
-def _aggregates(column: ColumnSpec, value: str) -> tuple[str, str, str, str]:
+def _aggregates(column: ColumnSpec, value: str) -> tuple[str, str, str, str, str]:
     """SQL for the fields of ColumnSummary (NULL where the column's checks need none)."""
     if column.kind is Kind.INTEGER:
-        return f"min({value})", f"max({value})", "NULL", "NULL"
+        return f"min({value})", f"max({value})", "NULL", "NULL", "NULL"
+    if column.kind is Kind.TIMESTAMP:
+        # The count splits the concatenation; its newlines cannot (a value may hold one).
+        return "NULL", "NULL", "NULL", f"group_concat({value}, x'0a')", f"count({value})"
     longest = "NULL"
-    if column.kind is Kind.TEXT and column.max_length is not None:
+    if column.max_length is not None:
         longest = f"max(length({value}))"
-    return "NULL", "NULL", longest, f"group_concat({value}, x'0a')"
+    return "NULL", "NULL", longest, f"group_concat({value}, x'0a')", "NULL"
 
 
 def _storage_test(column: ColumnSpec, value: str) -> str:
@@ -157,7 +164,11 @@ def _summary_ok(column: ColumnSpec, summary: ColumnSummary) -> bool:
         return True
     if column.kind is Kind.TEXT:
         return text_is_clean(summary.joined)
-    return timestamps.joined_valid_fast(summary.joined, summary.joined.count(b"\n") + 1)
+    # joined_valid_fast requires exactly present - 1 newlines, so a value holding one
+    # fails here and is judged by the rules.
+    return summary.present is not None and timestamps.joined_valid_fast(
+        summary.joined, summary.present
+    )
 
 
 def column_ok(column: ColumnSpec, values: list[Any]) -> bool:

@@ -191,7 +191,11 @@ def all_valid_fast(values: list[object]) -> bool:
 
 
 def joined_valid_fast(joined: bytes, count: int) -> bool:
-    """`all_valid_fast` for `count` values already joined by newlines."""
+    """`all_valid_fast` for `count` values already joined by newlines.
+
+    `count` must be known apart from `joined` (SQLite's count(), len(values)):
+    counted from the newlines, a value holding one would pass as two.
+    """
     if count <= 0 or (len(joined) + 1) % count or joined.count(b"\n") != count - 1:
         return False
     length = (len(joined) + 1) // count - 1
