@@ -45,6 +45,12 @@ def postgres() -> Iterator[SharedServer]:
     server.drop_all()
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    """The in-process tests' event loop: aiohttp, between the services, runs on asyncio only."""
+    return "asyncio"
+
+
 @pytest.fixture(scope="session")
 def checkout(tmp_path_factory: pytest.TempPathFactory) -> Checkout:
     """A clean clone of this tree, sealed to a throwaway age key (tests/support/checkout.py)."""

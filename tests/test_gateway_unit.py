@@ -37,12 +37,6 @@ SHORT_TIMEOUT = 0.5
 GENERATED_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """aiohttp, under the gateway, runs on asyncio only."""
-    return "asyncio"
-
-
 class StandIn:
     """A downstream that answers with what it received; some paths misbehave on purpose."""
 

@@ -45,12 +45,6 @@ NAMES: dict[ServiceName, str] = {
 }
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """aiohttp, under the gateway, runs on asyncio only."""
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def installation(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, str]) -> Settings:
     """One SQLite installation (both schemas at head) for the services of this module."""

@@ -32,12 +32,6 @@ PASSWORD = "correct horse"
 TOKEN = "t" * 40
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """aiohttp, the gateway's client, runs on asyncio only."""
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def stack(
     database_env: Callable[[str], dict[str, str]],

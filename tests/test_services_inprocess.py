@@ -29,12 +29,6 @@ PASSWORD = "correct horse"
 LONG_CONTENT = "word " * 40  # 200 characters: the list shows an excerpt
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """aiohttp, between the services, runs on asyncio only."""
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def installation(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, str]) -> Settings:
     """One SQLite installation (both schemas at head) for the tests of this module."""
