@@ -42,15 +42,15 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))  # support/: the PostgreSQL server and settings helpers
 
 from support.env import settings_for  # noqa: E402
-from support.ports import free_port  # noqa: E402
+from support.ports import stack_ports  # noqa: E402
 from support.postgres import SharedServer  # noqa: E402
-from titanium.config import ServiceName, Settings  # noqa: E402
+from titanium.config import Settings  # noqa: E402
 from titanium.db.engine import Database  # noqa: E402
 from titanium.db.migrations import upgrade_schema  # noqa: E402
 from titanium.db.tables import posts  # noqa: E402
 from titanium.runner import Stack  # noqa: E402
 from titanium.security.tokens import generate_key_pair  # noqa: E402
-from titanium.services.registry import DATA_SERVICES, SERVICES  # noqa: E402
+from titanium.services.registry import DATA_SERVICES  # noqa: E402
 
 POSTGRES = SharedServer(
     os.environ.get("TITANIUM_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -58,10 +58,6 @@ POSTGRES = SharedServer(
 USERS, POSTS = 100, 10_000
 WARM_UP_SECONDS, SLICES = 3, 3
 HERE = Path(__file__).parent
-
-
-def free_ports() -> dict[ServiceName, int]:
-    return {name: free_port() for name in SERVICES}
 
 
 async def seed(settings: Settings, gateway: str) -> tuple[str, int]:
@@ -181,7 +177,7 @@ def run_backend(backend: str, duration: int, workdir: Path) -> dict[str, Any]:
     for service in DATA_SERVICES:
         asyncio.run(upgrade_schema(settings, service))
     stack = Stack(
-        env={**os.environ, **env}, ports=free_ports(), log_dir=workdir / f"logs-{backend}"
+        env={**os.environ, **env}, ports=stack_ports(), log_dir=workdir / f"logs-{backend}"
     )
     stack.start()
     try:

@@ -13,7 +13,6 @@ names that do not exist, through the gateway, and prints the median of each.
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,22 +25,13 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))  # support/: free ports for the stack
 
-from titanium.config import ServiceName  # noqa: E402
+from support.ports import stack_ports  # noqa: E402
 from titanium.runner import Stack  # noqa: E402
 from titanium.security.tokens import generate_key_pair  # noqa: E402
 
 WARM_UP = 3  # rounds not counted: the first argon2 runs also allocate its memory
-
-
-def free_ports() -> dict[ServiceName, int]:
-    ports: dict[ServiceName, int] = {}
-    names: tuple[ServiceName, ...] = ("gateway", "users", "auth", "blog")
-    for name in names:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            ports[name] = int(probe.getsockname()[1])
-    return ports
 
 
 def failed_login_seconds(client: httpx.Client, username: str) -> float:
@@ -115,7 +105,7 @@ def main() -> None:
             "LOGIN_MAX_FAILURES_PER_USER_ALL_CLIENTS": "100000",
         }
         subprocess.run([sys.executable, "-m", "titanium", "db", "upgrade"], env=env, check=True)
-        stack = Stack(env=env, ports=free_ports())
+        stack = Stack(env=env, ports=stack_ports())
         stack.start()
         try:
             measure(stack.url("gateway"), args.rounds, args.max_seconds)

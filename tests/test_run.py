@@ -10,20 +10,22 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
 import pytest
 
 from support.env import CLEAN
-from support.ports import free_port
+from support.ports import stack_ports
 from support.wait import wait_until
+from titanium.config import ServiceName
 from titanium.runner import dies_with_parent, port_is_free
 
 pytestmark = pytest.mark.stack  # `titanium run` starts the four services
 
 
-def start_run(cwd: Path, ports: dict[str, int]) -> subprocess.Popen[str]:
+def start_run(cwd: Path, ports: Mapping[ServiceName, int]) -> subprocess.Popen[str]:
     args = [f"--{name}-port={port}" for name, port in ports.items()]
     return subprocess.Popen(
         [sys.executable, "-m", "titanium", "run", *args],
@@ -49,7 +51,7 @@ def read_until_ready(process: subprocess.Popen[str]) -> list[str]:
 
 
 def test_run_starts_all_four_on_sqlite_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("gateway", "users", "auth", "blog")}
+    ports = stack_ports()
     process = start_run(tmp_path, ports)
     try:
         lines = read_until_ready(process)
@@ -68,7 +70,7 @@ def test_run_starts_all_four_on_sqlite_and_stops_on_ctrl_c(tmp_path: Path) -> No
 
 
 def test_run_fails_clearly_when_a_port_is_taken(tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("gateway", "users", "auth", "blog")}
+    ports = stack_ports()
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", ports["blog"]))
         squatter.listen()
@@ -117,7 +119,7 @@ def running(pid: int, started: str) -> bool:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
 def test_services_die_with_a_killed_runner(tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("gateway", "users", "auth", "blog")}
+    ports = stack_ports()
     process = start_run(tmp_path, ports)
     services: dict[int, str] = {}
     try:

@@ -3,6 +3,7 @@
 Used by `titanium run` and by the tests, so both start the stack the same way.
 """
 
+import json
 import os
 import secrets
 import signal
@@ -63,8 +64,14 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    """Poll `url` until it answers 200; fail early if the process exits."""
+def wait_until_ready(
+    url: str, process: subprocess.Popen[bytes], timeout: float, service: str | None = None
+) -> None:
+    """Poll `url` until it answers 200; fail early if the process exits.
+
+    With `service`, the answer must also name that service: a port another
+    process already holds would otherwise pass for this one while it fails to bind.
+    """
     deadline = time.monotonic() + timeout
     last_error = "no answer"
     while time.monotonic() < deadline:
@@ -73,6 +80,9 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout: float)
         try:
             with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - local URL
                 if response.status == 200:
+                    answered = json.loads(response.read()).get("service") if service else None
+                    if answered != service:
+                        raise StackError(f"{url} is answered by {answered}, not by this service")
                     return
         except urllib.error.HTTPError as exc:
             last_error = f"HTTP {exc.code}"
@@ -125,6 +135,8 @@ class Stack:
 
     def start(self, timeout: float = 30.0) -> None:
         """Start every service and wait until each answers /ready."""
+        if len(set(self.ports.values())) < len(self.ports):
+            raise StackError(f"two services were given the same port: {dict(self.ports)}")
         for service in SERVICES:
             if not port_is_free(self.host, self.ports[service]):
                 raise StackError(
@@ -134,7 +146,12 @@ class Stack:
             for service in SERVICES:
                 self.start_one(service)
                 try:
-                    wait_until_ready(f"{self.url(service)}/ready", self.processes[service], timeout)
+                    wait_until_ready(
+                        f"{self.url(service)}/ready",
+                        self.processes[service],
+                        timeout,
+                        service_name(service),
+                    )
                 except StackError as exc:
                     raise StackError(f"{service_name(service)}: {exc.message}") from None
         except BaseException:

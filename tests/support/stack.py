@@ -9,10 +9,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from support.env import settings_for
-from support.ports import free_port
+from support.ports import stack_ports
 from titanium.config import ServiceName
 from titanium.runner import Stack
-from titanium.services.registry import DATA_SERVICES, SERVICES
+from titanium.services.registry import DATA_SERVICES
 from titanium.web.clients import INTERNAL_HEADER
 
 
@@ -52,7 +52,7 @@ def start_stack(env: dict[str, str], log_dir: Path) -> Stack:
     settings = settings_for(env)
     for service in DATA_SERVICES:
         asyncio.run(upgrade_schema(settings, service))
-    ports = {name: free_port() for name in SERVICES}
+    ports = stack_ports()
     # Every test registers from 127.0.0.1: one client to the registration limit, which
     # tests/test_throttling.py proves on a stack of its own.
     defaults = {"REGISTRATION_MAX_PER_CLIENT": "100000"}
