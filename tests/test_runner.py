@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from support.ports import free_ports, stack_ports
+from support.ports import EPHEMERAL_RANGE, free_ports, stack_ports
 from titanium.runner import Stack, StackError, wait_until_ready
 
 
@@ -50,9 +50,13 @@ def idle_process() -> Iterator[subprocess.Popen[bytes]]:
     process.wait()
 
 
-def test_free_ports_are_distinct() -> None:
-    assert len(set(free_ports(200))) == 200
+def test_free_ports_are_distinct_and_out_of_the_way_of_outgoing_connections() -> None:
+    ports = free_ports(200)
+    assert len(set(ports)) == 200
     assert len(set(stack_ports().values())) == 4
+    if EPHEMERAL_RANGE.exists():
+        first_ephemeral = int(EPHEMERAL_RANGE.read_text().split()[0])
+        assert max(ports) < first_ephemeral
 
 
 def test_a_stack_refuses_two_services_on_one_port() -> None:
