@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TOOLS := .venv-tools
 CHECKOV_VERSION := 3.3.30
 
-.PHONY: install install-test install-tools run test test-fast screenshots lint bench bench-migrate clean
+.PHONY: install install-test install-tools run prometheus test test-fast screenshots lint bench bench-migrate clean
 
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
@@ -44,6 +44,16 @@ $(TOOLS)/bin/checkov:
 
 run: install
 	$(BIN)/titanium run
+
+# Debian's Prometheus on 127.0.0.1:9090 scraping `make run`'s ports, with the
+# cluster's rules and labels (docs/monitoring.md); POSTGRES_EXPORTER=127.0.0.1:9187
+# adds a postgres_exporter job.
+prometheus: install
+	@command -v prometheus >/dev/null || { echo "make prometheus: Debian's prometheus is missing (apt-get install prometheus)" >&2; exit 1; }
+	$(BIN)/titanium monitoring prometheus var/prometheus \
+		$(if $(POSTGRES_EXPORTER),--postgres-exporter $(POSTGRES_EXPORTER))
+	prometheus --config.file=var/prometheus/prometheus.yml \
+		--storage.tsdb.path=var/prometheus/data --web.listen-address=127.0.0.1:9090
 
 # pytest exits 5 when it collected nothing: that is a failure, not a pass.
 test: install-test install-tools

@@ -62,6 +62,12 @@ IMAGE = "titanium"
 SERVICES = {service.name: service.id for service in registry.SERVICES.values()}
 DATA_SERVICES = {registry.service_name(service) for service in registry.DATA_SERVICES}
 MIGRATION_JOB = "titanium-db-migrate"
+# The monitoring component's (k8s/components/monitoring): not a Titanium process.
+EXPORTER = "postgres-exporter"
+MONITORING_WORKLOADS = {"solid-cloud": {EXPORTER}, "local": set()}
+# Custom resources Kubernetes' own schemas do not know: tests/test_monitoring_k8s.py
+# validates them, as strictly, against their CRDs.
+CUSTOM_RESOURCE_GROUPS = ("monitoring.coreos.com/",)
 SETTINGS = {name.upper() for name in Settings.model_fields}
 # `titanium serve` gives in-flight requests this long after SIGTERM (cli.py).
 APP_SHUTDOWN_SECONDS = 10
@@ -156,6 +162,15 @@ def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
 def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
     spec = pod_spec(workload)
     return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def service_deployments(overlay: Overlay) -> list[dict[str, Any]]:
+    """The Deployments that run Titanium's services (not the exporter)."""
+    return [d for d in overlay.of_kind("Deployment") if name_of(d) in SERVICES]
+
+
+def runs_titanium(container: dict[str, Any]) -> bool:
+    return str(container["image"]).partition(":")[0] == IMAGE
 
 
 def all_containers(overlay: Overlay) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
@@ -260,12 +275,14 @@ def test_overlay_renders(render: Any, name: str) -> None:
     assert result.returncode == 0, result.stderr
     objects = [o for o in yaml.safe_load_all(result.stdout) if o]
     deployments = {name_of(o) for o in objects if o["kind"] == "Deployment"}
-    assert deployments == set(SERVICES)
+    assert deployments == set(SERVICES) | MONITORING_WORKLOADS[name]
 
 
 def test_objects_validate_strictly_against_the_kubernetes_schemas(overlay: Overlay) -> None:
     errors = []
     for obj in overlay.objects:
+        if obj["apiVersion"].startswith(CUSTOM_RESOURCE_GROUPS):
+            continue
         try:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -305,7 +322,7 @@ def test_probes_point_at_paths_the_app_serves(overlay: Overlay) -> None:
     served = served_paths()
     assert {"/health", "/ready"} <= served, served
     expected = {"livenessProbe": "/health", "readinessProbe": "/ready", "startupProbe": "/health"}
-    for deployment in overlay.of_kind("Deployment"):
+    for deployment in service_deployments(overlay):
         for container in pod_spec(deployment)["containers"]:
             for probe, path in expected.items():
                 if probe == "startupProbe" and probe not in container:
@@ -359,14 +376,22 @@ def test_images_are_pinned_through_kustomize(overlay: Overlay) -> None:
         name, _, tag = image.rpartition(":")
         assert "@sha256:" in image or (name and tag and tag != "latest"), where(workload, container)
         assert container.get("imagePullPolicy") == "IfNotPresent", where(workload, container)
-    # By hand, the image is named without a tag: the pin lives in `images:` only.
+    # By hand, an image is named without a tag or registry: the pin lives in a
+    # kustomization's `images:` only (the overlay's, or a component's for its own).
+    pinned = {
+        entry["name"]
+        for path in K8S.rglob("kustomization.yaml")
+        for entry in kustomization(path.parent).get("images", [])
+        if entry.get("newTag") or entry.get("digest")
+    }
+    assert IMAGE in pinned, pinned
     for path in K8S.rglob("*.yaml"):
         for image in re.findall(r"(?m)^\s*-?\s*image:\s*(\S+)", path.read_text(encoding="utf-8")):
-            assert image.strip("\"'") == IMAGE, f"{path.relative_to(REPO)}: image {image}"
+            assert image.strip("\"'") in pinned, f"{path.relative_to(REPO)}: image {image}"
 
 
 def test_commands_run_the_service_each_deployment_is_named_for(overlay: Overlay) -> None:
-    for deployment in overlay.of_kind("Deployment"):
+    for deployment in service_deployments(overlay):
         name = name_of(deployment)
         (container,) = pod_spec(deployment)["containers"]
         assert container["name"] == name, "one name per service"
@@ -393,7 +418,7 @@ def test_recommended_labels(overlay: Overlay) -> None:
 
 def test_each_service_selects_one_deployment_on_a_declared_port(overlay: Overlay) -> None:
     services = overlay.of_kind("Service")
-    assert {name_of(s) for s in services} == set(SERVICES)
+    assert {name_of(s) for s in services} == set(SERVICES) | MONITORING_WORKLOADS[overlay.name]
     for service in services:
         selector = service["spec"].get("selector")
         assert selector, f"Service {name_of(service)} has no selector"
@@ -407,10 +432,13 @@ def test_each_service_selects_one_deployment_on_a_declared_port(overlay: Overlay
 
 
 def missing_references(overlay: Overlay) -> list[str]:
-    """Every ConfigMap/Secret (key), claim or volume source a workload names but is not rendered."""
+    """Every ConfigMap/Secret (key), claim or volume source a workload names but is not rendered
+    (the Secrets Terraform owns excepted: they are in the cluster, not in the overlay)."""
     missing = []
     for workload, container in all_containers(overlay):
         for kind, name, key in references(container):
+            if (kind, name) in terraform_owned():
+                continue
             found = overlay.find(kind, name)
             if found is None or (key is not None and key not in found.get("data", {})):
                 missing.append(f"{where(workload, container)}: {kind} {name} key {key}")
@@ -447,18 +475,27 @@ def test_a_key_the_secret_lacks_is_a_missing_reference(solid_cloud: Overlay) -> 
 def test_every_variable_is_a_setting_the_code_reads(overlay: Overlay) -> None:
     # A misspelt name is not an error to Kubernetes or pydantic: the service would
     # silently run on a default. Every name must be a field of titanium.config.Settings.
+    # The exporter is not Titanium and reads its own variables; Grafana's
+    # dashboards are ConfigMaps no container reads.
+    read: set[str] = set()
     for workload, container in all_containers(overlay):
+        read |= {name for kind, name, _ in references(container) if kind == "ConfigMap"}
+        if not runs_titanium(container):
+            continue
         unknown = set(container_env(overlay, container)) - SETTINGS
         assert not unknown, f"{where(workload, container)}: not settings: {sorted(unknown)}"
     for config_map in overlay.of_kind("ConfigMap"):
-        assert set(config_map["data"]) <= SETTINGS, config_map["data"]
+        if name_of(config_map) in read:
+            assert set(config_map["data"]) <= SETTINGS, config_map["data"]
+        else:
+            assert config_map["metadata"]["labels"].get("grafana_dashboard") == "1", config_map
 
 
 def test_every_secret_key_is_used_and_only_where_needed(overlay: Overlay) -> None:
     holders: dict[str, set[str]] = {}
     for workload, container in all_containers(overlay):
         for kind, name, key in references(container):
-            if kind == "Secret":
+            if kind == "Secret" and (kind, name) not in terraform_owned():
                 keys = [key] if key else list(overlay.data("Secret", name))
                 for each in keys:
                     holders.setdefault(each, set()).add(name_of(workload))
@@ -510,7 +547,25 @@ def terraform_database() -> dict[str, Any]:
         "labels": {k: resolve(v) for k, v in local["selector"].items()},
         "port": int(local["port"]),
         "service": resolve(local["service_name"]),
+        "secret": resolve(local["secret_name"]),
     }
+
+
+def terraform_owned() -> set[tuple[str, str]]:
+    """The objects workloads may name that Terraform, not the overlay, provides."""
+    return {("Secret", terraform_database()["secret"])}
+
+
+def test_only_the_exporter_reads_the_database_secret(overlay: Overlay) -> None:
+    # The database's own Secret (its superuser) is for the exporter only; the
+    # services and the Job use titanium-secrets.
+    readers = {
+        name_of(workload)
+        for workload, container in all_containers(overlay)
+        for kind, name, _ in references(container)
+        if (kind, name) in terraform_owned()
+    }
+    assert readers == MONITORING_WORKLOADS[overlay.name], readers
 
 
 def test_solid_cloud_uses_the_seed_configuration(solid_cloud: Overlay) -> None:
@@ -534,63 +589,140 @@ def test_solid_cloud_uses_the_seed_configuration(solid_cloud: Overlay) -> None:
     assert set(secret["data"]) == expected
 
 
-def test_solid_cloud_runs_two_replicas_behind_disruption_budgets(solid_cloud: Overlay) -> None:
+def autoscalers(overlay: Overlay) -> dict[str, dict[str, Any]]:
+    """Deployment name -> the HorizontalPodAutoscaler that scales it."""
+    found: dict[str, dict[str, Any]] = {}
+    for hpa in overlay.of_kind("HorizontalPodAutoscaler"):
+        target = hpa["spec"]["scaleTargetRef"]
+        assert target["kind"] == "Deployment" and target["apiVersion"] == "apps/v1", target
+        assert target["name"] not in found, f"two autoscalers for {target['name']}"
+        found[target["name"]] = hpa
+    return found
+
+
+def test_solid_cloud_autoscales_every_service_behind_disruption_budgets(
+    solid_cloud: Overlay,
+) -> None:
     budgets = solid_cloud.of_kind("PodDisruptionBudget")
-    for deployment in solid_cloud.of_kind("Deployment"):
-        assert deployment["spec"]["replicas"] == 2, name_of(deployment)
+    scaled = autoscalers(solid_cloud)
+    assert set(scaled) == set(SERVICES), "every service is stateless"
+    for deployment in service_deployments(solid_cloud):
+        name = name_of(deployment)
+        # The autoscaler owns the count: a fixed one would be reset on every apply.
+        assert "replicas" not in deployment["spec"], name
         assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
         covering = [b for b in budgets if selects(b["spec"]["selector"], pod_labels(deployment))]
-        assert len(covering) == 1, f"{name_of(deployment)}: {len(covering)} budgets"
-        assert covering[0]["spec"].get("minAvailable") == 1, covering[0]["spec"]
+        assert len(covering) == 1, f"{name}: {len(covering)} budgets"
+        min_available = covering[0]["spec"].get("minAvailable")
+        assert min_available == 1, covering[0]["spec"]
+        spec = scaled[name]["spec"]
+        # A drain may take one pod while the budget still holds: one more than it needs.
+        assert spec["minReplicas"] >= min_available + 1, f"{name}: {spec}"
+        assert spec["maxReplicas"] >= spec["minReplicas"], f"{name}: {spec}"
+        (metric,) = spec["metrics"]
+        assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu", metric
+        assert metric["resource"]["target"]["type"] == "Utilization", metric
+        # Utilization is a share of the request: every container needs one.
+        for container in containers(deployment):
+            request = container.get("resources", {}).get("requests", {}).get("cpu")
+            assert request, f"{where(deployment, container)}: no CPU request for the HPA"
+
+
+def test_autoscaler_checks_catch_a_budget_violation(solid_cloud: Overlay) -> None:
+    # Guards the test above: an autoscaler allowed down to the budget fails it.
+    objects = copy.deepcopy(solid_cloud.objects)
+    broken = Overlay(solid_cloud.name, objects)
+    autoscalers(broken)["user-service"]["spec"]["minReplicas"] = 1
+    with pytest.raises(AssertionError, match="user-service"):
+        test_solid_cloud_autoscales_every_service_behind_disruption_budgets(broken)
+    objects = copy.deepcopy(solid_cloud.objects)
+    broken = Overlay(solid_cloud.name, objects)
+    deployment = broken.find("Deployment", "blog-service")
+    assert deployment is not None
+    del pod_spec(deployment)["containers"][0]["resources"]["requests"]["cpu"]
+    with pytest.raises(AssertionError, match="no CPU request"):
+        test_solid_cloud_autoscales_every_service_behind_disruption_budgets(broken)
 
 
 def test_solid_cloud_lets_only_table_owners_reach_postgresql(solid_cloud: Overlay) -> None:
     database = terraform_database()
+    # Policies add up: the overlay's for the table owners and the Job, the
+    # monitoring component's for its exporter.
     policies = [
         p
         for p in solid_cloud.of_kind("NetworkPolicy")
         if selects(p["spec"]["podSelector"], database["labels"])
     ]
-    assert len(policies) == 1, "one NetworkPolicy guards the PostgreSQL pods"
-    spec = policies[0]["spec"]
-    assert spec["policyTypes"] == ["Ingress"]
+    assert {name_of(p) for p in policies} == {
+        "postgresql-clients",
+        "postgres-exporter-to-postgresql",
+    }
     allowed: set[str] = set()
-    for rule in spec["ingress"]:
-        assert [p["port"] for p in rule["ports"]] == [database["port"]], rule
-        for peer in rule["from"]:
-            assert set(peer) == {"podSelector"}, f"only pods of this namespace: {peer}"
-            allowed |= set(selected_workloads(solid_cloud, peer["podSelector"]))
-    assert allowed == DATA_SERVICES | {MIGRATION_JOB}
+    for policy in policies:
+        spec = policy["spec"]
+        assert spec["policyTypes"] == ["Ingress"]
+        for rule in spec["ingress"]:
+            assert [p["port"] for p in rule["ports"]] == [database["port"]], rule
+            for peer in rule["from"]:
+                assert set(peer) == {"podSelector"}, f"only pods of this namespace: {peer}"
+                allowed |= set(selected_workloads(solid_cloud, peer["podSelector"]))
+    assert allowed == DATA_SERVICES | {MIGRATION_JOB, EXPORTER}
 
 
 # Who may open a connection to whom inside titanium-prod, and on which port:
-# "outside" is any client not in the namespace (an Ingress controller, a port-forward).
+# "outside" is any client that is not a pod (an Ingress controller's node port, a
+# load balancer); "prometheus" is kube-prometheus-stack's Prometheus, a pod in the
+# namespace `monitoring` (k8s/components/monitoring/networkpolicy.yaml).
 OUTSIDE = "outside"
+PROMETHEUS = "prometheus"
 INTENDED_PATHS = {
-    *{(source, "api-gateway", 8000) for source in [OUTSIDE, *SERVICES, MIGRATION_JOB]},
+    *{(source, "api-gateway", 8000) for source in [OUTSIDE, *SERVICES, MIGRATION_JOB, EXPORTER]},
     ("api-gateway", "auth-service", 8002),
     ("api-gateway", "user-service", 8001),
     ("api-gateway", "blog-service", 8005),
     ("auth-service", "user-service", 8001),
     ("blog-service", "user-service", 8001),
+    (PROMETHEUS, "api-gateway", 8000),
+    (PROMETHEUS, "auth-service", 8002),
+    (PROMETHEUS, "user-service", 8001),
+    (PROMETHEUS, "blog-service", 8005),
+    (PROMETHEUS, EXPORTER, 9187),
 }
 
 
-def peer_admits(peer: dict[str, Any], labels: dict[str, str] | None) -> bool:
-    """Whether a NetworkPolicy `from` entry admits a pod of the namespace (`labels`) or,
-    with None, a client from outside it."""
-    if "podSelector" in peer and "namespaceSelector" not in peer:
-        return labels is not None and selects(peer["podSelector"], labels)
-    # A namespaceSelector or an ipBlock: taken as admitting outside clients only,
-    # which is all this overlay may rely on (no namespace labels are known here).
-    return labels is None
+@dataclass(frozen=True)
+class Client:
+    """Who opens a connection: a pod (its namespace's and its own labels) or, with
+    neither, a client that is not a pod."""
+
+    namespace: dict[str, str] | None
+    labels: dict[str, str] | None
 
 
-def admitted(
-    overlay: Overlay, labels: dict[str, str] | None, target: dict[str, Any], port: int
-) -> bool:
+def namespace_labels(name: str) -> dict[str, str]:
+    # The label the API server sets on every namespace.
+    return {"kubernetes.io/metadata.name": name}
+
+
+def peer_admits(peer: dict[str, Any], client: Client, own_namespace: str) -> bool:
+    """Whether a NetworkPolicy `from` entry admits the client."""
+    if "ipBlock" in peer:
+        # Taken as admitting clients that are not pods only, which is all an
+        # address block can be relied on for.
+        return client.labels is None
+    if client.namespace is None or client.labels is None:
+        return False
+    if "namespaceSelector" in peer:
+        in_namespace = selects(peer["namespaceSelector"], client.namespace)
+    else:
+        in_namespace = client.namespace == namespace_labels(own_namespace)
+    return in_namespace and selects(peer.get("podSelector", {}), client.labels)
+
+
+def admitted(overlay: Overlay, client: Client, target: dict[str, Any], port: int) -> bool:
     """Kubernetes' rule: a pod no Ingress policy selects takes every connection; one that
     some select takes those that at least one of their rules allows."""
+    own_namespace = target["metadata"].get("namespace", "default")
     policies = [
         p["spec"]
         for p in overlay.of_kind("NetworkPolicy")
@@ -604,36 +736,53 @@ def admitted(
             ports = [declared_port(target, p["port"]) for p in rule.get("ports", [])]
             if rule.get("ports") and port not in ports:
                 continue
-            if "from" not in rule or any(peer_admits(p, labels) for p in rule["from"]):
+            if "from" not in rule or any(
+                peer_admits(p, client, own_namespace) for p in rule["from"]
+            ):
                 return True
     return False
 
 
-def reachable(overlay: Overlay, sources: dict[str, dict[str, str] | None]) -> set[Any]:
+def reachable(overlay: Overlay, sources: dict[str, Client]) -> set[Any]:
     """Every (source, Deployment, container port) connection the policies allow."""
     paths = set()
     for target in overlay.of_kind("Deployment"):
         for container in pod_spec(target)["containers"]:
             for declared in container.get("ports", []):
                 port = declared["containerPort"]
-                for source, labels in sources.items():
-                    if admitted(overlay, labels, target, port):
+                for source, client in sources.items():
+                    if admitted(overlay, client, target, port):
                         paths.add((source, name_of(target), port))
     return paths
+
+
+def own_pod(overlay: Overlay, labels: dict[str, str]) -> Client:
+    namespace = overlay.of_kind("Deployment")[0]["metadata"]["namespace"]
+    return Client(namespace_labels(namespace), labels)
 
 
 def test_solid_cloud_lets_each_service_be_reached_only_by_its_callers(
     solid_cloud: Overlay,
 ) -> None:
-    sources: dict[str, dict[str, str] | None] = {
-        name_of(w): pod_labels(w) for w in solid_cloud.workloads()
-    }
-    sources[OUTSIDE] = None
+    sources = {name_of(w): own_pod(solid_cloud, pod_labels(w)) for w in solid_cloud.workloads()}
+    sources[OUTSIDE] = Client(None, None)
+    sources[PROMETHEUS] = Client(
+        namespace_labels("monitoring"), {"app.kubernetes.io/name": "prometheus"}
+    )
     assert reachable(solid_cloud, sources) == INTENDED_PATHS
-    # Any other pod, even one labelled as Titanium's, reaches nothing but the gateway.
-    strangers: dict[str, dict[str, str] | None] = {
-        "unlabelled": {},
-        "stranger": {"app.kubernetes.io/name": "debug", "app.kubernetes.io/part-of": "titanium"},
+    # Any other pod, even one labelled as Titanium's or as Prometheus, reaches
+    # nothing but the gateway.
+    strangers = {
+        "unlabelled": own_pod(solid_cloud, {}),
+        "stranger": own_pod(
+            solid_cloud,
+            {"app.kubernetes.io/name": "debug", "app.kubernetes.io/part-of": "titanium"},
+        ),
+        "prometheus-elsewhere": own_pod(solid_cloud, {"app.kubernetes.io/name": "prometheus"}),
+        "prometheus-in-default": Client(
+            namespace_labels("default"), {"app.kubernetes.io/name": "prometheus"}
+        ),
+        "grafana": Client(namespace_labels("monitoring"), {"app.kubernetes.io/name": "grafana"}),
     }
     assert reachable(solid_cloud, strangers) == {(name, "api-gateway", 8000) for name in strangers}
 
@@ -646,14 +795,26 @@ def test_the_reachability_model_follows_kubernetes_rules(solid_cloud: Overlay) -
         if not (o["kind"] == "NetworkPolicy" and name_of(o) == "user-service-ingress")
     ]  # fmt: skip
     opened = Overlay(solid_cloud.name, objects)
-    sources: dict[str, dict[str, str] | None] = {"stranger": {"app.kubernetes.io/name": "x"}}
+    sources = {"stranger": own_pod(solid_cloud, {"app.kubernetes.io/name": "x"})}
     # The default deny still selects user-service: nobody gets in.
     assert ("stranger", "user-service", 8001) not in reachable(opened, sources)
+    # Without it (and the scrape policy, which selects user-service too), anyone.
     without_deny = Overlay(
         solid_cloud.name,
-        [o for o in objects if not name_of(o).startswith("titanium-default-deny")],
+        [o for o in objects if name_of(o) not in {"titanium-default-deny", "prometheus-scrape"}],
     )
     assert ("stranger", "user-service", 8001) in reachable(without_deny, sources)
+    # A namespaceSelector and a podSelector in one peer: both must match.
+    peer = {
+        "namespaceSelector": {"matchLabels": namespace_labels("monitoring")},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }
+    prometheus = Client(namespace_labels("monitoring"), {"app.kubernetes.io/name": "prometheus"})
+    assert peer_admits(peer, prometheus, "titanium-prod")
+    assert not peer_admits(peer, Client(prometheus.namespace, {}), "titanium-prod")
+    assert not peer_admits({"podSelector": peer["podSelector"]}, prometheus, "titanium-prod"), (
+        "a podSelector alone admits pods of the policy's own namespace only"
+    )
 
 
 def pod_resources(workload: dict[str, Any]) -> dict[str, float]:
@@ -670,11 +831,9 @@ def pod_resources(workload: dict[str, Any]) -> dict[str, float]:
     return total
 
 
-def test_solid_cloud_fits_the_namespace_quota_during_a_rollout(solid_cloud: Overlay) -> None:
-    # A pod the quota refuses never starts: with maxUnavailable 0 the rollout
-    # would stall. Every replica plus a surge pod each, the Job and PostgreSQL
-    # (Terraform's defaults) must fit the namespace quota Terraform sets.
-    quota = {k: quantity(v) for k, v in terraform_default("kubernetes", "resource_quota").items()}
+def namespace_use(overlay: Overlay, replicas: Callable[[dict[str, Any]], int]) -> dict[str, float]:
+    """What PostgreSQL (Terraform's defaults) and the overlay's workloads, at
+    `replicas(deployment)` pods each, count against the namespace quota."""
     database = terraform_default("database", "resources")
     used = {
         "pods": 1.0,
@@ -683,16 +842,50 @@ def test_solid_cloud_fits_the_namespace_quota_during_a_rollout(solid_cloud: Over
         "limits.cpu": quantity(database["limit_cpu"]),
         "limits.memory": quantity(database["limit_memory"]),
     }
-    for workload in solid_cloud.workloads():
-        count = 1
-        if workload["kind"] == "Deployment":
-            strategy = workload["spec"]["strategy"]
-            count = workload["spec"]["replicas"] + strategy["rollingUpdate"]["maxSurge"]
+    for workload in overlay.workloads():
+        count = replicas(workload) if workload["kind"] == "Deployment" else 1
         used["pods"] += count
         for key, value in pod_resources(workload).items():
             used[key] += count * value
-    over = {k: (v, quota[k]) for k, v in used.items() if k in quota and v > quota[k]}
-    assert not over, f"over the namespace quota (used, hard): {over}"
+    return used
+
+
+def surge(deployment: dict[str, Any]) -> int:
+    strategy = deployment["spec"]["strategy"]
+    return int(strategy["rollingUpdate"]["maxSurge"]) if strategy["type"] == "RollingUpdate" else 0
+
+
+def over_quota(used: dict[str, float]) -> dict[str, tuple[float, float]]:
+    quota = {k: quantity(v) for k, v in terraform_default("kubernetes", "resource_quota").items()}
+    return {k: (v, quota[k]) for k, v in used.items() if k in quota and v > quota[k]}
+
+
+def test_solid_cloud_fits_the_namespace_quota_during_a_rollout(solid_cloud: Overlay) -> None:
+    # A pod the quota refuses never starts: with maxUnavailable 0 a rollout
+    # waits for room. The Job and PostgreSQL (Terraform's defaults) always count.
+    scaled = autoscalers(solid_cloud)
+
+    def fixed(deployment: dict[str, Any]) -> int:
+        return int(deployment["spec"].get("replicas", 1))
+
+    def at_min(deployment: dict[str, Any]) -> int:
+        hpa = scaled.get(name_of(deployment))
+        return int(hpa["spec"]["minReplicas"]) if hpa else fixed(deployment)
+
+    def at_max(deployment: dict[str, Any]) -> int:
+        hpa = scaled.get(name_of(deployment))
+        return int(hpa["spec"]["maxReplicas"]) if hpa else fixed(deployment)
+
+    # At the usual scale every Deployment surges at once, as a sync rolls them all.
+    rollout = namespace_use(solid_cloud, lambda d: at_min(d) + surge(d))
+    assert not over_quota(rollout), f"over the quota (used, hard): {over_quota(rollout)}"
+    # Scaled out to every maxReplicas, a rollout still gets one surge pod at a
+    # time (the largest), so it proceeds Deployment by Deployment instead of stalling.
+    largest = max(pod_resources(d)["limits.cpu"] for d in solid_cloud.of_kind("Deployment"))
+    scaled_out = namespace_use(solid_cloud, at_max)
+    scaled_out["limits.cpu"] += largest
+    scaled_out["pods"] += 1
+    assert not over_quota(scaled_out), f"over the quota (used, hard): {over_quota(scaled_out)}"
 
 
 def test_solid_cloud_migrates_once_per_rollout_in_a_job(solid_cloud: Overlay) -> None:
@@ -911,7 +1104,7 @@ def http_status(url: str) -> int | None:
 
 def wait_ready(pods: LocalPods, deadline: float) -> None:
     """Poll each container's readiness probe, as the kubelet would, then its liveness."""
-    for deployment in pods.overlay.of_kind("Deployment"):
+    for deployment in service_deployments(pods.overlay):
         for container in pod_spec(deployment)["containers"]:
             port = declared_port(deployment, container["readinessProbe"]["httpGet"]["port"])
             assert port is not None
@@ -983,10 +1176,11 @@ def test_boots_from_the_manifests(
         for job in overlay.of_kind("Job"):
             for container in containers(job):
                 pods.run_to_completion(job, container)
-        for deployment in overlay.of_kind("Deployment"):
+        # The exporter is not Titanium's: tests/test_monitoring_live.py runs one.
+        for deployment in service_deployments(overlay):
             for container in pod_spec(deployment).get("initContainers", []):
                 pods.run_to_completion(deployment, container)
-        for deployment in overlay.of_kind("Deployment"):
+        for deployment in service_deployments(overlay):
             for container in pod_spec(deployment)["containers"]:
                 pods.start(deployment, container)
         wait_ready(pods, time.monotonic() + BOOT_TIMEOUT)
@@ -1019,3 +1213,14 @@ def test_boots_from_the_manifests(
     finally:
         killed = pods.stop()
     assert not killed, f"did not stop within terminationGracePeriodSeconds: {killed}"
+
+
+def test_the_cluster_logs_json_lines_and_local_keeps_the_line_format(
+    solid_cloud: Overlay, local: Overlay
+) -> None:
+    for overlay, wanted in ((solid_cloud, "json"), (local, None)):
+        for workload, container in all_containers(overlay):
+            if name_of(workload) not in SERVICES:
+                continue  # not a Titanium service (the monitoring component's exporter)
+            found = container_env(overlay, container).get("LOG_FORMAT")
+            assert found == wanted, f"{where(workload, container)}: LOG_FORMAT={found}"

@@ -181,8 +181,10 @@ async def test_request_ids_are_kept_made_and_logged(
     made_id = made.headers["x-request-id"]
     assert re.fullmatch(r"[0-9a-f]{32}", made_id)
     lines = [record.getMessage() for record in caplog.records]
-    assert re.fullmatch(r"GET /health 200 \d+\.\dms rid=trace-7", lines[0])
-    assert re.fullmatch(rf"GET /api/users/nobody_here 404 \d+\.\dms rid={made_id}", lines[1])
+    trace = r" trace=[0-9a-f]{32}"
+    assert re.fullmatch(r"GET /health 200 \d+\.\dms rid=trace-7" + trace, lines[0])
+    made_line = rf"GET /api/users/nobody_here 404 \d+\.\dms rid={made_id}" + trace
+    assert re.fullmatch(made_line, lines[1])
 
 
 async def test_oversized_bodies_and_nul_in_urls_are_refused_first(

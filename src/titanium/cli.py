@@ -29,9 +29,11 @@ app = typer.Typer(
 db_app = typer.Typer(help="Schema migrations (Alembic), one history per data service.")
 keys_app = typer.Typer(help="Token signing keys.")
 secrets_app = typer.Typer(help="Sealed secret inputs of a Kubernetes overlay (SOPS + age).")
+monitoring_app = typer.Typer(help="A local Prometheus with the cluster's rules and labels.")
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(secrets_app, name="secrets")
+app.add_typer(monitoring_app, name="monitoring")
 # Sub-commands that live in their own packages are registered below, one line each.
 app.add_typer(migrate_app, name="migrate")
 
@@ -74,7 +76,7 @@ def serve(
 
     tune_malloc()  # before any thread exists: the arena cap applies to new threads
     settings = _settings()
-    configure_logging(settings.log_level, service_name(service))
+    configure_logging(settings.log_level, service_name(service), settings.log_format)
     asgi = guarded(app_factory(service), settings)
     if settings.internal_token is None:
         # Without it user-service's internal routes would answer anyone who reaches the
@@ -180,6 +182,27 @@ def secrets_unseal(overlay: OverlayArgument) -> None:
 
     for path in guarded(unseal, overlay):
         typer.echo(f"unsealed: {path}")
+
+
+@monitoring_app.command("prometheus")
+def monitoring_prometheus(
+    directory: Annotated[
+        Path, typer.Argument(help="Where to write the files, e.g. var/prometheus.")
+    ],
+    postgres_exporter: Annotated[
+        str | None, typer.Option(help="Also scrape a postgres_exporter, e.g. 127.0.0.1:9187.")
+    ] = None,
+    scrape_interval: Annotated[str, typer.Option(help="Scrape and rule interval.")] = "15s",
+) -> None:
+    """Write prometheus.yml and rules.yml for `titanium run`'s ports; print how to start it."""
+    import shlex
+
+    from titanium.ops.monitoring import prometheus_command, write_local
+
+    config = write_local(
+        directory, postgres_exporter=postgres_exporter, scrape_interval=scrape_interval
+    )
+    typer.echo(shlex.join(prometheus_command(config)))
 
 
 @app.command()

@@ -89,6 +89,24 @@ def _origin_list(value: object) -> object:
 Origins = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_origin_list)]
 
 
+def _endpoint(value: object) -> object:
+    # Empty means unset, as OpenTelemetry's own variables have it.
+    if not isinstance(value, str):
+        return value
+    if not value.strip():
+        return None
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    return value
+
+
+Endpoint = Annotated[str | None, BeforeValidator(_endpoint)]
+
+
 class Settings(BaseSettings):
     """Typed settings of every Titanium process; each service uses the part it needs."""
 
@@ -146,6 +164,11 @@ class Settings(BaseSettings):
     # gateway relays carries it (web/clients.py). Unset, nothing is checked, as before.
     internal_token: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # `line`: one human-readable line per event; `json`: one JSON object per line.
+    log_format: Literal["line", "json"] = "line"
+    # OpenTelemetry's own variable: the OTLP/HTTP receiver's base URL (traces go to
+    # /v1/traces under it). Unset or empty, no span is exported.
+    otel_exporter_otlp_endpoint: Endpoint = None
 
     @model_validator(mode="after")
     def _postgres_needs_credentials(self) -> "Settings":

@@ -53,6 +53,17 @@ class Unavailable(TitaniumError):
     """A dependency (database, downstream service) cannot be reached right now."""
 
 
+class NotReady(Unavailable):
+    """A readiness check failed for `reason` (one of web.metrics.NOT_READY_REASONS).
+
+    Any other Unavailable out of a readiness check is the database's.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class BadGateway(TitaniumError):
     """A downstream service answered with something that is not HTTP."""
 

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -219,19 +220,36 @@ class FairGate:
     def __init__(self, size: int, timeout_seconds: float) -> None:
         self._slots = asyncio.Semaphore(size)
         self.timeout_seconds = timeout_seconds
+        # Read by /metrics (web/metrics.py pool_families), kept as plain numbers:
+        # a few additions per request instead of metric objects on the hot path.
+        self.size = size
+        self.in_use = 0
+        self.waiting = 0
+        self.wait_seconds = 0.0
+        self.acquired = 0
+        self.timeouts = 0
 
     @asynccontextmanager
     async def enter(self) -> AsyncIterator[None]:
         """Hold one slot for the block; Unavailable after waiting the timeout."""
+        queued = time.perf_counter()
+        self.waiting += 1
         try:
             async with asyncio.timeout(self.timeout_seconds):
                 await self._slots.acquire()
         except TimeoutError as exc:
+            self.timeouts += 1
             log.warning("database pool exhausted for %.1f s", self.timeout_seconds)
             raise Unavailable("the database is busy, retry shortly") from exc
+        finally:
+            self.waiting -= 1
+        self.wait_seconds += time.perf_counter() - queued
+        self.acquired += 1
+        self.in_use += 1
         try:
             yield
         finally:
+            self.in_use -= 1
             self._slots.release()
 
 
@@ -259,6 +277,12 @@ class Database:
         self._reader = pooled.execution_options(isolation_level="AUTOCOMMIT")
         self._engines = {self._writer, pooled}
         self._after_write: list[Callable[[], None]] = []
+
+    def gates(self) -> dict[str, FairGate]:
+        """The pool gates by the `pool` label of the metrics: one on PostgreSQL, two on SQLite."""
+        if self._read_gate is self._write_gate:
+            return {"shared": self._write_gate}
+        return {"read": self._read_gate, "write": self._write_gate}
 
     def after_write(self, callback: Callable[[], None]) -> None:
         """Call `callback` after every write block, whether it committed or failed."""

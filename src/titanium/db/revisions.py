@@ -9,7 +9,7 @@ from sqlalchemy import Connection, inspect, text
 
 from titanium.config import DataService
 from titanium.db.engine import Database
-from titanium.errors import Unavailable
+from titanium.errors import NotReady
 
 # Oldest first; the last one is the head. Add a revision here with its migration.
 REVISIONS: dict[DataService, tuple[str, ...]] = {
@@ -53,8 +53,9 @@ async def check_schema(db: Database) -> dict[str, str]:
         # written expand-then-contract so that the previous release still works.
         return {"database": db.backend, "schema_revision": current, "schema": "ahead of code"}
     if current != expected:
-        raise Unavailable(
+        raise NotReady(
             f"schema of {service} is at {current or 'nothing'}, expected {expected}: "
-            "run `titanium db upgrade`"
+            "run `titanium db upgrade`",
+            reason="schema",
         )
     return {"database": db.backend, "schema_revision": current}

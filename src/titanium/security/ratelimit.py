@@ -24,6 +24,7 @@ class WindowLimiter:
         self.window = window_seconds
         self.message = message
         self._attempts: dict[Hashable, deque[float]] = {}
+        self.refused = 0  # attempts answered RateLimited, for /metrics
 
     def acquire(self, key: Hashable) -> float:
         """Count one attempt of `key` now and return its stamp; RateLimited if over budget.
@@ -35,6 +36,7 @@ class WindowLimiter:
         now = time.monotonic()
         if recent is not None and len(recent) >= self.limit:
             retry_after = math.ceil(recent[0] + self.window - now)
+            self.refused += 1
             raise RateLimited(self.message, max(retry_after, 1))
         if recent is None:
             if len(self._attempts) > _PRUNE_ABOVE:

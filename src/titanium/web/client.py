@@ -5,12 +5,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
 from yarl import URL
 
 from titanium.config import ServiceName, Settings
 from titanium.services.registry import service_name, service_url
 from titanium.web.clients import internal_headers
-from titanium.web.context import request_id_var
+from titanium.web.context import request_id_var, span_var
 
 
 @dataclass
@@ -50,7 +51,8 @@ def open_downstream(
 ) -> Downstream:
     """Create the pool for one downstream; call inside the running event loop.
 
-    `headers` go with every request on the pool.
+    `headers` go with every request on the pool, and so does the W3C `traceparent`
+    of the request being handled (see `traced`).
     """
     connector = aiohttp.TCPConnector(limit=limit, keepalive_timeout=30, ttl_dns_cache=10)
     session = aiohttp.ClientSession(
@@ -59,8 +61,29 @@ def open_downstream(
         auto_decompress=False,
         skip_auto_headers=("User-Agent",),
         headers=headers,
+        middlewares=(traced(name),),
     )
     return Downstream(name, base_url, session)
+
+
+def traced(peer: str) -> ClientMiddlewareType:
+    """aiohttp middleware: each call made while handling a request continues its trace.
+
+    The call sends `traceparent` with the request's trace id and, as the parent,
+    the current span (the call's own client span when spans are exported). Calls
+    outside a request (none today) send none. Whatever `traceparent` the request
+    already had (a client's, relayed by the gateway) is replaced.
+    """
+
+    async def trace(
+        request: aiohttp.ClientRequest, handler: ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        span = span_var.get()
+        if span is None:
+            return await handler(request)
+        return await span.tracer.call(span, request, handler, peer)
+
+    return trace
 
 
 def open_service(settings: Settings, service: ServiceName) -> Downstream:

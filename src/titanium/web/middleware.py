@@ -1,9 +1,10 @@
-"""One ASGI middleware for request id, the request log line, metrics and the body limit.
+"""One ASGI middleware for request id and trace, the request log line, metrics and the body limit.
 
 Pure ASGI (not BaseHTTPMiddleware) so streaming bodies pass through untouched
 and the per-request cost stays small.
 """
 
+import asyncio
 import logging
 import time
 
@@ -12,9 +13,10 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from titanium.logs import printable
-from titanium.web.context import REQUEST_ID_HEADER, new_request_id, request_id_var
+from titanium.web.context import REQUEST_ID_HEADER, new_request_id, request_id_var, span_var
 from titanium.web.errors import error_response
 from titanium.web.metrics import Metrics
+from titanium.web.tracing import Tracer, incoming_parent
 
 log = logging.getLogger("titanium.request")
 # nginx's code for "client closed the request": no answer was sent, and it is no
@@ -23,21 +25,36 @@ CLIENT_CLOSED = 499
 
 
 class RequestContextMiddleware:
-    """Sets the request id, enforces the body limit, logs and measures each request."""
+    """Sets the request id and span, enforces the body limit, logs and measures each request.
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+    The span continues the caller's W3C trace (a valid `traceparent`, from the
+    public too: a client continuing its own trace is how W3C means it) or starts
+    one. `tracer` records it when spans are exported, and is shut down (flushed)
+    when the app's lifespan ends.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, tracer: Tracer | None = None
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.tracer = tracer or Tracer()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._shutting_down(send))
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
         request_id = new_request_id(headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1"))
         token = request_id_var.set(request_id)
+        span = self.tracer.start_server(incoming_parent(scope["headers"]), scope["method"])
+        span_token = span_var.set(span)
         started = time.perf_counter()
+        self.metrics.in_flight.inc()
         status = 500
         outcome = ""
         header_value = request_id.encode()
@@ -76,17 +93,46 @@ class RequestContextMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
+            self.metrics.in_flight.dec()
             self.metrics.observe(method, template, status, elapsed)
+            path = printable(scope["path"])
+            duration_ms = round(elapsed * 1000, 1)
             log.info(
-                "%s %s %d %.1fms rid=%s%s",
+                "%s %s %d %.1fms rid=%s trace=%s%s",
                 method,
-                printable(scope["path"]),
+                path,
                 status,
-                elapsed * 1000,
+                duration_ms,
                 request_id,
+                span.trace_id,
                 outcome,
+                # The fields of a JSON line (titanium.logs); the line format ignores them.
+                extra={
+                    "method": method,
+                    "path": path,
+                    "route": template,
+                    "status": status,
+                    "duration_ms": duration_ms,
+                    "request_id": request_id,
+                    "trace_id": span.trace_id,
+                },
             )
+            self.tracer.end_server(
+                span, method, None if template == "unmatched" else template, status
+            )
+            span_var.reset(span_token)
             request_id_var.reset(token)
+
+    def _shutting_down(self, send: Send) -> Send:
+        tracer = self.tracer
+
+        async def send_after_flush(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                # The exporter posts what is still batched: blocking I/O, off the loop.
+                await asyncio.to_thread(tracer.shutdown)
+            await send(message)
+
+        return send_after_flush
 
     def _limited(self, receive: Receive) -> Receive:
         limit = self.max_body_bytes

@@ -4,6 +4,7 @@
 process directly (Prometheus scraping the pod), a 404 to anything a proxy relayed.
 """
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -16,11 +17,13 @@ from starlette.responses import JSONResponse, Response
 
 from titanium import __version__
 from titanium.config import ServiceName, Settings
-from titanium.errors import NotFound, Unavailable
+from titanium.errors import NotFound, NotReady, Unavailable
 from titanium.services.registry import service_name
 from titanium.web.errors import ERROR_RESPONSES, install_error_handlers
-from titanium.web.metrics import Metrics
+from titanium.web.metrics import Collect, Metrics
 from titanium.web.middleware import RequestContextMiddleware
+from titanium.web.routing import add_route
+from titanium.web.tracing import open_tracer
 
 # Set by whatever relays a request (an ingress, a load balancer, the gateway itself).
 FORWARDING_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
@@ -56,26 +59,44 @@ def install_common(
     settings: Settings,
     ready: Check = _no_details,
     stats: Check = _no_details,
-) -> None:
+    collect: Collect | None = None,
+) -> Metrics:
     """Add the shared middleware, error mapping and operational routes to `app`.
 
-    `ready` raises Unavailable when a dependency is missing; `stats` adds
-    service-specific figures to /stats.
+    `ready` raises Unavailable when a dependency is missing (NotReady to say
+    why); `stats` adds service-specific figures to /stats; `collect` adds
+    service-specific families to /metrics. The metrics are also `app.state.metrics`.
     """
     name = service_name(service)
     metrics = Metrics(name)
+    if collect is not None:
+        metrics.collect_also(collect)
+    app.state.metrics = metrics
     started = time.monotonic()
     install_error_handlers(app)
     app.add_middleware(
-        RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes
+        RequestContextMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        tracer=open_tracer(settings, name),
     )
 
     async def health(_request: Request) -> Response:
         return JSONResponse({"status": "ok", "service": name})
 
-    async def readiness(request: Request) -> Response:
+    async def check(request: Request) -> dict[str, Any]:
+        """Run the readiness check and record its outcome in the metrics."""
         try:
             details = await ready(request)
+        except Unavailable as exc:
+            metrics.set_readiness(exc.reason if isinstance(exc, NotReady) else "database")
+            raise
+        metrics.set_readiness(None)
+        return details
+
+    async def readiness(request: Request) -> Response:
+        try:
+            details = await check(request)
         except Unavailable as exc:
             body = {"status": "unavailable", "service": name, "message": exc.message}
             return JSONResponse(body, 503)
@@ -83,6 +104,9 @@ def install_common(
 
     async def prometheus(request: Request) -> Response:
         _refuse_relayed(request)
+        # Checked at every scrape too, so the gauge is current where no kubelet probes.
+        with contextlib.suppress(Unavailable):
+            await check(request)
         return Response(metrics.render(), media_type=metrics.content_type)
 
     async def status(request: Request) -> Response:
@@ -99,7 +123,8 @@ def install_common(
             body["error"] = exc.message
         return JSONResponse(body)
 
-    app.add_route("/health", health, methods=["GET"])
-    app.add_route("/ready", readiness, methods=["GET"])
-    app.add_route("/metrics", prometheus, methods=["GET"])
-    app.add_route("/stats", status, methods=["GET"])
+    add_route(app, "/health", health, ["GET"])
+    add_route(app, "/ready", readiness, ["GET"])
+    add_route(app, "/metrics", prometheus, ["GET"])
+    add_route(app, "/stats", status, ["GET"])
+    return metrics

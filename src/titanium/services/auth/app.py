@@ -14,12 +14,13 @@ from pydantic import BaseModel
 
 from titanium.config import ServiceName, Settings
 from titanium.contracts import CREDENTIALS_PATH, Credentials, VerifiedUser
-from titanium.errors import Unauthorized, Unavailable
+from titanium.errors import NotReady, RateLimited, Unauthorized, Unavailable
 from titanium.security.ratelimit import LoginThrottle
 from titanium.security.tokens import TokenIssuer, TokenVerifier
 from titanium.web.auth import CurrentIdentity
 from titanium.web.client import Downstream, forward_headers, service_pools
 from titanium.web.clients import client_address
+from titanium.web.metrics import Metric, counter_family
 from titanium.web.service import install_common, service_app
 
 
@@ -70,24 +71,35 @@ def create_app(
         users: Downstream = request.app.state.users
         if await users.alive():
             return {"user_service": "ok"}
-        raise Unavailable(f"{users.name} is unreachable")
+        raise NotReady(f"{users.name} is unreachable", reason="downstream")
 
-    install_common(app, service="auth", settings=settings, ready=ready)
+    outcomes = dict.fromkeys(("success", "failure", "throttled"), 0)
+
+    def collect() -> list[Metric]:
+        return [counter_family("titanium_login_attempts", "Login decisions", "outcome", outcomes)]
+
+    install_common(app, service="auth", settings=settings, ready=ready, collect=collect)
 
     @app.post("/api/login", response_model=LoginResult, summary="Log in and get a token")
     async def login(body: Credentials, request: Request) -> LoginResult:
         client = client_address(request, settings.internal_token)
         # Counted before the check: parallel guesses cannot all pass a budget
         # that only completed failures would have used up.
-        attempt = throttle.attempt(body.username, client)
+        try:
+            attempt = throttle.attempt(body.username, client)
+        except RateLimited:
+            outcomes["throttled"] += 1
+            raise
         try:
             user = await _check_credentials(request.app.state.users, body)
         except Unavailable:
             attempt.forgive()
             raise
         if user is None:
+            outcomes["failure"] += 1
             # Same answer for an unknown user and a wrong password.
             raise Unauthorized("invalid username or password")
+        outcomes["success"] += 1
         throttle.succeeded(attempt, body.username, client)
         token = issuer.issue(user.id, user.username)
         return LoginResult(

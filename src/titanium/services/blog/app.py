@@ -18,6 +18,7 @@ from titanium.services.blog.repository import DEFAULT_CATEGORY, BlogRepository, 
 from titanium.services.blog.schemas import Category, NewPost, Post, PostChanges, PostSummary
 from titanium.web.accounts import ActiveIdentity
 from titanium.web.client import Downstream, service_pools
+from titanium.web.metrics import Metric, counter, counter_family, gauge, pool_families
 from titanium.web.service import install_common, service_app
 
 # Responses are serialised here (validated against the documented models), so a
@@ -69,11 +70,13 @@ def create_app(
         else DataVersionWatch(settings.sqlite_path("blog"), cache)
     )
 
+    cache_enabled = settings.blog_cache_entries > 0 and settings.blog_cache_bytes > 0
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with service_pools(settings, ["users"], downstreams) as pools:
             app.state.users = pools["users"]
-            if settings.blog_cache_entries:
+            if cache_enabled:
                 watch.start()
             yield
             await watch.stop()
@@ -95,7 +98,21 @@ def create_app(
         held = {"entries": len(cache), "bytes": cache.size_bytes, "max_bytes": cache.max_bytes}
         return {"database": db.backend, **counts, "cache": held}
 
-    install_common(app, service="blog", settings=settings, ready=ready, stats=stats)
+    def collect() -> list[Metric]:
+        lookups = {"hit": cache.hits, "miss": cache.misses}
+        return [
+            *pool_families(db.gates()),
+            counter_family("titanium_cache_requests", "Response cache lookups", "result", lookups),
+            counter("titanium_cache_evictions", "Entries pushed out by a bound", cache.evictions),
+            gauge("titanium_cache_bytes", "Bytes held by the response cache", cache.size_bytes),
+            gauge("titanium_cache_entries", "Entries held by the response cache", len(cache)),
+            gauge("titanium_cache_enabled", "1 when the cache is configured on", cache_enabled),
+            gauge("titanium_cache_live", "1 while the cache may answer", cache.usable()),
+        ]
+
+    install_common(
+        app, service="blog", settings=settings, ready=ready, stats=stats, collect=collect
+    )
     _add_api(app)
     _add_pages(app)
     return app

@@ -69,6 +69,10 @@ class ResponseCache:
         self.generation = 0
         self.live = False
         self.size_bytes = 0
+        # For /metrics: plain counts, read at scrape time.
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
         self._entries: OrderedDict[Hashable, Cached] = OrderedDict()
         # Asked before each use: empties the cache if the data changed, and says
         # whether it can be trusted at all right now.
@@ -82,22 +86,27 @@ class ResponseCache:
         """The bytes `value` is counted for against the budget."""
         return len(value.body) + ENTRY_OVERHEAD_BYTES
 
-    def _usable(self) -> bool:
+    def usable(self) -> bool:
+        """True while the cache may answer: on, and its watch on other writers healthy."""
         return self.live and self.check()
 
     def get(self, key: Hashable) -> Cached | None:
         """The cached response, or None."""
-        if not self._usable():
+        if not self.usable():
+            self.misses += 1
             return None
         found = self._entries.get(key)
-        if found is not None:
+        if found is None:
+            self.misses += 1
+        else:
+            self.hits += 1
             self._entries.move_to_end(key)
         return found
 
     def put(self, key: Hashable, generation: int, value: Cached) -> None:
         """Store a response read while the cache was at `generation`."""
         # A change that landed while the response was being read makes it suspect.
-        if not self._usable() or generation != self.generation or self.max_entries == 0:
+        if not self.usable() or generation != self.generation or self.max_entries == 0:
             return
         if self.cost(value) > self.max_bytes // LARGEST_ENTRY_SHARE:
             return
@@ -109,6 +118,7 @@ class ResponseCache:
         while len(self._entries) > self.max_entries or self.size_bytes > self.max_bytes:
             _key, oldest = self._entries.popitem(last=False)
             self.size_bytes -= self.cost(oldest)
+            self.evictions += 1
 
     def invalidate(self) -> None:
         """Forget everything (the data changed)."""

@@ -6,6 +6,7 @@ own keep-alive pool; the request id is created here and passed on.
 """
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,16 +18,25 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Match, Route
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 from yarl import URL
 
 from titanium.config import ServiceName, Settings
-from titanium.errors import BadGateway, NotFound, TitaniumError, Unavailable, UpstreamTimeout
+from titanium.errors import (
+    BadGateway,
+    NotFound,
+    NotReady,
+    TitaniumError,
+    Unavailable,
+    UpstreamTimeout,
+)
 from titanium.services.registry import SERVICES
 from titanium.web.client import Downstream, service_pools
 from titanium.web.context import request_id_var
 from titanium.web.errors import error_response, response_for
+from titanium.web.metrics import UpstreamMeter
+from titanium.web.routing import Route
 from titanium.web.service import install_common
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -55,6 +65,8 @@ HOP_BY_HOP = {
 # Set by the gateway itself; a client's values are replaced, never trusted.
 OWN_HEADERS = {"x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
 OWN_HEADERS.add("x-titanium-internal")  # INTERNAL_TOKEN, added by the pool (web/client.py)
+# The pool sends the gateway's own span (web/client.py `traced`); tracestate is not kept.
+OWN_HEADERS |= {"traceparent", "tracestate"}
 # The gateway's own server writes these; relaying the service's would send them twice.
 SET_BY_GATEWAY = {"x-request-id", "date", "server"}
 NOT_RELAYED = HOP_BY_HOP | SET_BY_GATEWAY
@@ -145,9 +157,17 @@ async def _request_body(request: Request, timeout_seconds: float) -> bytes | Non
 
 
 async def _call(
-    downstream: Downstream, scope: Scope, receive: Receive, body_timeout_seconds: float
+    downstream: Downstream,
+    meter: UpstreamMeter,
+    scope: Scope,
+    receive: Receive,
+    body_timeout_seconds: float,
 ) -> aiohttp.ClientResponse:
-    """Send the request on to `downstream`; its response is open until released."""
+    """Send the request on to `downstream`; its response is open until released.
+
+    `meter.in_flight` counts the call from here until the caller releases the
+    response (it holds a pooled connection all that time).
+    """
     if _has_dot_segment(scope["path"]):
         raise NotFound("not found")
     if sum(name == b"authorization" for name, _ in scope["headers"]) > 1:
@@ -157,20 +177,40 @@ async def _call(
     query = scope.get("query_string", b"")
     target = raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
     body = await _request_body(Request(scope, receive), body_timeout_seconds)
+    started = time.perf_counter()
+    meter.in_flight.inc()
     try:
-        return await downstream.session.request(
+        upstream = await downstream.session.request(
             scope["method"],
             downstream.url(target),
             headers=_request_headers(scope),
             data=body,
             allow_redirects=False,
         )
-    except aiohttp.ClientConnectorError as exc:
-        raise Unavailable(f"{downstream.name} is unavailable") from exc
-    except aiohttp.ClientError as exc:
-        raise BadGateway(f"{downstream.name} failed to answer") from exc
-    except TimeoutError as exc:
-        raise UpstreamTimeout(f"{downstream.name} did not answer in time") from exc
+    except BaseException as exc:
+        meter.in_flight.dec()
+        meter.finished(_outcome(exc), started)
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            raise Unavailable(f"{downstream.name} is unavailable") from exc
+        if isinstance(exc, aiohttp.ClientError):
+            raise BadGateway(f"{downstream.name} failed to answer") from exc
+        if isinstance(exc, TimeoutError):
+            raise UpstreamTimeout(f"{downstream.name} did not answer in time") from exc
+        raise
+    meter.finished(STATUS_CLASSES.get(upstream.status // 100, "error"), started)
+    return upstream
+
+
+STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+
+
+def _outcome(exc: BaseException) -> str:
+    """The `outcome` label of a call to a downstream that raised `exc`."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "unavailable"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "error"  # a broken answer, or the client went away (cancelled)
 
 
 class Forward:
@@ -187,8 +227,11 @@ class Forward:
         self.body_timeout_seconds = body_timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        downstream: Downstream = scope["app"].state.downstreams[self.downstream]
-        upstream = await _call(downstream, scope, receive, self.body_timeout_seconds)
+        state = scope["app"].state
+        downstream: Downstream = state.downstreams[self.downstream]
+        connector = downstream.session.connector
+        meter = state.metrics.upstream(downstream.name, connector.limit if connector else 0)
+        upstream = await _call(downstream, meter, scope, receive, self.body_timeout_seconds)
         try:
             headers = _response_headers(upstream, downstream)
             length = upstream.content_length
@@ -211,6 +254,7 @@ class Forward:
             await send({"type": "http.response.body", "body": content})
         finally:
             upstream.release()
+            meter.in_flight.dec()
 
 
 class ForwardPublicRoutes:
@@ -368,7 +412,7 @@ def create_app(
         }
         down = [name for name, value in state.items() if value != "ok"]
         if down:
-            raise Unavailable(f"unreachable: {', '.join(down)}")
+            raise NotReady(f"unreachable: {', '.join(down)}", reason="downstream")
         return {"downstreams": state}
 
     install_common(app, service="gateway", settings=settings, ready=ready)

@@ -26,6 +26,7 @@ from titanium.services.users.schemas import (
 )
 from titanium.web.auth import CurrentIdentity
 from titanium.web.clients import client_address, is_internal
+from titanium.web.metrics import Metric, counter, gauge, gauge_family, pool_families
 from titanium.web.service import install_common, service_app
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ class HashingGate:
     """
 
     def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
         self._free = capacity
         self._logins: deque[asyncio.Future[None]] = deque()
         self._registrations: deque[asyncio.Future[None]] = deque()
@@ -67,6 +69,18 @@ class HashingGate:
             yield
         finally:
             self._hand_on()
+
+    @property
+    def in_use(self) -> int:
+        """Hashes running now."""
+        return self.capacity - self._free
+
+    def waiting(self) -> dict[str, int]:
+        """Hashes queued, by kind (a cancelled waiter still queued is not counted)."""
+        return {
+            "login": sum(not turn.done() for turn in self._logins),
+            "registration": sum(not turn.done() for turn in self._registrations),
+        }
 
     def _hand_on(self) -> None:
         for queue in (self._logins, self._registrations):
@@ -137,7 +151,28 @@ def create_app(
     async def stats(_request: Request) -> dict[str, Any]:
         return {"database": db.backend, "users": await UserRepository(db).count()}
 
-    install_common(app, service="users", settings=settings, ready=ready, stats=stats)
+    def collect() -> list[Metric]:
+        families = pool_families(db.gates())
+        families.append(
+            counter(
+                "titanium_registrations_throttled",
+                "Registrations refused by the per-client limit",
+                app.state.registrations.refused,
+            )
+        )
+        gate: HashingGate | None = getattr(app.state, "hash_gate", None)
+        if gate is not None:  # made by the lifespan, on the serving event loop
+            families.append(gauge("titanium_hashing_in_use", "argon2 hashes running", gate.in_use))
+            families.append(
+                gauge_family(
+                    "titanium_hashing_waiting", "argon2 hashes queued", "kind", gate.waiting()
+                )
+            )
+        return families
+
+    install_common(
+        app, service="users", settings=settings, ready=ready, stats=stats, collect=collect
+    )
     _add_routes(app)
     return app
 
