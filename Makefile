@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TOOLS := .venv-tools
 CHECKOV_VERSION := 3.3.30
 
-.PHONY: install install-test install-tools run prometheus test test-fast screenshots lint bench bench-migrate clean
+.PHONY: install install-test install-tools system-packages run prometheus test test-fast screenshots lint bench bench-migrate dashboard-png clean
 
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
@@ -55,8 +55,23 @@ prometheus: install
 	prometheus --config.file=var/prometheus/prometheus.yml \
 		--storage.tsdb.path=var/prometheus/data --web.listen-address=127.0.0.1:9090
 
+# The Debian packages the tests drive, installed when missing (as root, as CI
+# runs): Chromium for the UI tests (Playwright's own browser download cannot run
+# here), age-keygen for the sealed secrets, Prometheus, promtool and
+# postgres_exporter for the monitoring tests.
+system-packages:
+	@missing=""; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium fonts-nanum"; \
+	[ -x /usr/bin/age-keygen ] || missing="$$missing age"; \
+	[ -x /usr/bin/prometheus ] || missing="$$missing prometheus"; \
+	[ -x /usr/bin/prometheus-postgres-exporter ] || missing="$$missing prometheus-postgres-exporter"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
 # pytest exits 5 when it collected nothing: that is a failure, not a pass.
-test: install-test install-tools
+test: install-test install-tools system-packages
 	@$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; \
 	exit $$rc
@@ -91,6 +106,17 @@ bench: install-test
 bench-migrate: install-test
 	command -v pgloader >/dev/null || apt-get install -y pgloader
 	$(BIN)/python bench/migrate.py
+
+# The services dashboard drawn from a real Prometheus after a minute of load
+# (matplotlib, since Grafana is not installed): build/dashboard-services.png.
+# The bench extra is resolved as the test extra is, the lock as constraints.
+dashboard-png: $(VENV)/.bench-deps
+	$(BIN)/python bench/dashboard_png.py
+
+$(VENV)/.bench-deps: $(VENV)/.test-deps pyproject.toml requirements.lock
+	$(PIP) --editable '.[bench]' --constraint requirements.lock
+	$(BIN)/pip check
+	touch $@
 
 clean:
 	rm -rf $(VENV) $(TOOLS) var build .pytest_cache .mypy_cache .ruff_cache

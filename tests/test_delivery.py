@@ -43,6 +43,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from support.checkout import Checkout, load_all
+from support.crds import strict
 from support.ports import free_port
 from titanium import __version__
 from titanium.cli import app as cli_app
@@ -884,22 +885,6 @@ def test_tag_update_step_edits_only_the_image_and_the_overlay_renders_it(
 
 
 # --- Argo CD -------------------------------------------------------------------------
-
-
-def strict(schema: Any) -> Any:
-    """Refuse unknown fields where the CRD lists the known ones (kubectl --validate=strict)."""
-    if isinstance(schema, dict):
-        out = {key: strict(value) for key, value in schema.items()}
-        if (
-            "properties" in out
-            and "additionalProperties" not in out
-            and not out.get("x-kubernetes-preserve-unknown-fields")
-        ):
-            out["additionalProperties"] = False
-        return out
-    if isinstance(schema, list):
-        return [strict(item) for item in schema]
-    return schema
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from support.inprocess import CLIENT, Served, refused_url, running, served
+from support.inprocess import CLIENT, Served, gateway_over, refused_url, running, served
 from titanium.config import ServiceName, Settings
 from titanium.services.gateway.app import create_app
 from titanium.web.client import Downstream, open_downstream
@@ -131,13 +131,16 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(use_postgres=False, database_path=None, data_dir=tmp_path)
 
 
-def pools(
-    stand_ins: dict[ServiceName, tuple[StandIn, Served]], timeout: float = 5.0
-) -> dict[ServiceName, Downstream]:
+def urls(stand_ins: dict[ServiceName, tuple[StandIn, Served]]) -> dict[ServiceName, str]:
+    """Each stand-in's URL, by the service it stands in for."""
+    return {key: server.url for key, (_, server) in stand_ins.items()}
+
+
+def pools(stand_ins: dict[ServiceName, tuple[StandIn, Served]]) -> dict[ServiceName, Downstream]:
     """A keep-alive pool per stand-in, as the gateway would open them."""
     return {
-        key: open_downstream(NAMES[key], server.url, timeout_seconds=timeout)
-        for key, (_, server) in stand_ins.items()
+        key: open_downstream(NAMES[key], url, timeout_seconds=5)
+        for key, url in urls(stand_ins).items()
     }
 
 
@@ -146,13 +149,8 @@ async def gateway(
     settings: Settings, stand_ins: dict[ServiceName, tuple[StandIn, Served]]
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway in-process, its downstreams the stand-ins."""
-    downstreams = pools(stand_ins)
-    try:
-        async with running(create_app(settings, downstreams=downstreams)) as client:
-            yield client
-    finally:
-        for downstream in downstreams.values():
-            await downstream.close()
+    async with gateway_over(settings, urls(stand_ins)) as client:
+        yield client
 
 
 def seen_everywhere(stand_ins: dict[ServiceName, tuple[StandIn, Served]]) -> list[str]:
@@ -360,15 +358,10 @@ async def test_a_broken_answer_is_502(gateway: httpx.AsyncClient) -> None:
 async def test_a_slow_service_is_504_after_the_upstream_timeout(
     settings: Settings, stand_ins: dict[ServiceName, tuple[StandIn, Served]]
 ) -> None:
-    downstreams = pools(stand_ins, timeout=SHORT_TIMEOUT)
-    try:
-        async with running(create_app(settings, downstreams=downstreams)) as gateway:
-            started = asyncio.get_running_loop().time()
-            response = await gateway.get("/blog/api/slow")
-            waited = asyncio.get_running_loop().time() - started
-    finally:
-        for downstream in downstreams.values():
-            await downstream.close()
+    async with gateway_over(settings, urls(stand_ins), timeout_seconds=SHORT_TIMEOUT) as gateway:
+        started = asyncio.get_running_loop().time()
+        response = await gateway.get("/blog/api/slow")
+        waited = asyncio.get_running_loop().time() - started
     assert response.status_code == 504
     assert response.json()["message"] == "blog-service did not answer in time"
     assert SHORT_TIMEOUT <= waited < SHORT_TIMEOUT * 3
@@ -378,17 +371,11 @@ async def test_a_stopped_service_is_503_and_unready(
     settings: Settings, stand_ins: dict[ServiceName, tuple[StandIn, Served]]
 ) -> None:
     holder, url = refused_url()
-    downstreams = pools(stand_ins)
-    downstreams["auth"] = open_downstream("auth-service", url, timeout_seconds=5)
-    try:
-        async with running(create_app(settings, downstreams=downstreams)) as gateway:
+    with holder:
+        async with gateway_over(settings, {**urls(stand_ins), "auth": url}) as gateway:
             login = await gateway.post("/api/login", json={})
             ready = await gateway.get("/ready")
             other = await gateway.get("/api/users/alice")
-    finally:
-        holder.close()
-        for downstream in downstreams.values():
-            await downstream.close()
     assert login.status_code == 503
     assert login.json()["message"] == "auth-service is unavailable"
     assert login.headers["retry-after"] == "1"

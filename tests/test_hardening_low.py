@@ -22,7 +22,7 @@ from starlette.types import ASGIApp
 
 from support.database import BACKENDS
 from support.env import settings_for
-from support.inprocess import Served, running, served, sqlite_settings
+from support.inprocess import Served, gateway_over, served, sqlite_settings
 from support.wait import wait_until
 from titanium.config import ServiceName, Settings
 from titanium.db.engine import Database
@@ -34,15 +34,9 @@ from titanium.services.blog.repository import BlogRepository
 from titanium.services.gateway.app import _public_location
 from titanium.services.gateway.app import create_app as create_gateway
 from titanium.services.users.app import create_app as create_users
-from titanium.web.client import Downstream, open_downstream
+from titanium.web.client import Downstream
 
 pytestmark = pytest.mark.anyio
-
-NAMES: dict[ServiceName, str] = {
-    "auth": "auth-service",
-    "users": "user-service",
-    "blog": "blog-service",
-}
 
 
 @pytest.fixture(scope="module")
@@ -68,16 +62,8 @@ async def gateway(
     installation: Settings, services: dict[ServiceName, Served]
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway in-process, its downstreams the served services."""
-    downstreams: dict[ServiceName, Downstream] = {
-        key: open_downstream(NAMES[key], server.url, timeout_seconds=5)
-        for key, server in services.items()
-    }
-    try:
-        async with running(create_gateway(installation, downstreams=downstreams)) as client:
-            yield client
-    finally:
-        for downstream in downstreams.values():
-            await downstream.close()
+    async with gateway_over(installation, {k: s.url for k, s in services.items()}) as client:
+        yield client
 
 
 # 1. Category slugs that case folding makes longer than the column.

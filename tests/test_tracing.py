@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from support.env import CLEAN
-from support.inprocess import Served, running, served, sqlite_settings
+from support.inprocess import Served, gateway_over, served, sqlite_settings
 from support.stack import start_stack
 from support.wait import wait_until
 from titanium.config import ServiceName, Settings
@@ -42,7 +42,6 @@ from titanium.services.auth.app import create_app as create_auth
 from titanium.services.blog.app import create_app as create_blog
 from titanium.services.gateway.app import create_app as create_gateway
 from titanium.services.users.app import create_app as create_users
-from titanium.web.client import Downstream, open_downstream
 from titanium.web.context import request_id_var, span_var
 from titanium.web.tracing import (
     Span,
@@ -62,11 +61,6 @@ PARENT_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
 HEX32 = re.compile(r"[0-9a-f]{32}")
 HEX16 = re.compile(r"[0-9a-f]{16}")
-NAMES: dict[ServiceName, str] = {
-    "auth": "auth-service",
-    "users": "user-service",
-    "blog": "blog-service",
-}
 # Each is refused by the W3C rules for version 00: a new trace starts.
 INVALID = [
     "",
@@ -197,7 +191,8 @@ def test_a_json_line_is_one_line_whatever_the_message_holds() -> None:
 @pytest.fixture(scope="module")
 def installation(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, str]) -> Settings:
     """One SQLite installation (both schemas at head) for the services of this module."""
-    return sqlite_settings(tmp_path_factory.mktemp("tracing"), keys)
+    # JSON logs, as in the cluster: the request line then carries its fields (route, trace_id).
+    return sqlite_settings(tmp_path_factory.mktemp("tracing"), keys, log_format="json")
 
 
 @pytest.fixture(scope="module")
@@ -211,26 +206,12 @@ def services(installation: Settings) -> Iterator[dict[ServiceName, Served]]:
         yield {"users": users, "blog": blog, "auth": auth}
 
 
-async def gateway_on(
-    installation: Settings, urls: dict[ServiceName, str]
-) -> AsyncIterator[httpx.AsyncClient]:
-    downstreams: dict[ServiceName, Downstream] = {
-        key: open_downstream(NAMES[key], url, timeout_seconds=5) for key, url in urls.items()
-    }
-    try:
-        async with running(create_gateway(installation, downstreams=downstreams)) as client:
-            yield client
-    finally:
-        for downstream in downstreams.values():
-            await downstream.close()
-
-
 @pytest.fixture
 async def gateway(
     installation: Settings, services: dict[ServiceName, Served]
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway in-process, its downstreams the served services."""
-    async for client in gateway_on(installation, {k: s.url for k, s in services.items()}):
+    async with gateway_over(installation, {k: s.url for k, s in services.items()}) as client:
         yield client
 
 
@@ -324,7 +305,7 @@ async def test_the_downstream_gets_the_gateways_span_as_parent_and_no_client_tra
     recorder = Starlette(routes=[Route("/blog/{rest:path}", echo)])
     with served(recorder, lifespan="off") as blog:
         urls: dict[ServiceName, str] = {"blog": blog.url, "users": blog.url, "auth": blog.url}
-        async for client in gateway_on(installation, urls):
+        async with gateway_over(installation, urls) as client:
             sent = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00", "tracestate": "vendor=x"}
             assert (await client.get("/blog/x", headers=sent)).status_code == 200
             assert (await client.get("/blog/x")).status_code == 200

@@ -20,9 +20,11 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
-from titanium.config import Settings
+from titanium.config import ServiceName, Settings
 from titanium.db.migrations import upgrade_schema
-from titanium.services.registry import DATA_SERVICES
+from titanium.services.gateway.app import create_app as create_gateway
+from titanium.services.registry import DATA_SERVICES, service_name
+from titanium.web.client import open_downstream
 
 START_SECONDS = 10.0
 STOP_SECONDS = 10.0
@@ -122,3 +124,20 @@ def served(app: ASGIApp, lifespan: Literal["on", "off"] = "on") -> Iterator[Serv
         yield server
     finally:
         server.stop()
+
+
+@asynccontextmanager
+async def gateway_over(
+    settings: Settings, urls: Mapping[ServiceName, str], *, timeout_seconds: float = 5.0
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway in-process, with a keep-alive pool to each URL in `urls` (closed after)."""
+    downstreams = {
+        key: open_downstream(service_name(key), url, timeout_seconds=timeout_seconds)
+        for key, url in urls.items()
+    }
+    try:
+        async with running(create_gateway(settings, downstreams=downstreams)) as client:
+            yield client
+    finally:
+        for downstream in downstreams.values():
+            await downstream.close()

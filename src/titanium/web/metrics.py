@@ -66,7 +66,7 @@ class UpstreamMeter:
         self._downstream = downstream
         self._outcomes: dict[str, Any] = {}
         self.latency = metrics.upstream_latency.labels(downstream)
-        self.in_flight = metrics.upstream_in_flight.labels(downstream)
+        self.in_flight = 0  # calls holding a connection now, read at scrape time
         metrics.upstream_limit.labels(downstream).set(limit)
 
     def finished(self, outcome: str, started: float) -> None:
@@ -95,9 +95,6 @@ class Metrics:
             "http_request_duration_seconds", "Time to handle an HTTP request",
             ["method", "route"], registry=registry, buckets=LATENCY_BUCKETS,
         )  # fmt: skip
-        self.in_flight = Gauge(
-            "http_requests_in_flight", "HTTP requests being handled", registry=registry
-        )
         self.ready = Gauge("titanium_ready", "1 when /ready answers 200", registry=registry)
         self.not_ready = Gauge(
             "titanium_not_ready", "1 for the reason the service is not ready", ["reason"],
@@ -115,21 +112,34 @@ class Metrics:
             "Time to a downstream's response head", ["downstream"], registry=registry,
             buckets=LATENCY_BUCKETS,
         )  # fmt: skip
-        self.upstream_in_flight = Gauge(
-            "titanium_upstream_in_flight", "Connections to a downstream in use", ["downstream"],
-            registry=registry,
-        )  # fmt: skip
         self.upstream_limit = Gauge(
             "titanium_upstream_connection_limit", "Connection limit of a downstream's pool",
             ["downstream"], registry=registry,
         )  # fmt: skip
         ProcessCollector(registry=registry)
+        # Requests being handled: a plain number the middleware adds to and takes
+        # from (a Gauge takes a lock each time), exported at scrape time.
+        self.in_flight = 0
+        self.collect_also(self._in_flight)
         self.set_readiness(None)
         self.total = 0
         # `labels()` resolves its arguments on every call; a route, method and
         # status seen once is looked up here instead (a few dozen entries at most).
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._upstreams: dict[str, UpstreamMeter] = {}
+
+    def _in_flight(self) -> list[Metric]:
+        upstream = GaugeMetricFamily(
+            "titanium_upstream_in_flight",
+            "Connections to a downstream in use",
+            labels=["downstream"],
+        )
+        for name, meter in self._upstreams.items():
+            upstream.add_metric([name], meter.in_flight)
+        return [
+            gauge("http_requests_in_flight", "HTTP requests being handled", self.in_flight),
+            upstream,
+        ]
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Record one finished request."""

@@ -34,9 +34,16 @@ class RequestContextMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, tracer: Tracer | None = None
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body_bytes: int,
+        tracer: Tracer | None = None,
+        json_fields: bool = False,
     ) -> None:
         self.app = app
+        self.json_fields = json_fields
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.tracer = tracer or Tracer()
@@ -54,7 +61,7 @@ class RequestContextMiddleware:
         span = self.tracer.start_server(incoming_parent(scope["headers"]), scope["method"])
         span_token = span_var.set(span)
         started = time.perf_counter()
-        self.metrics.in_flight.inc()
+        self.metrics.in_flight += 1
         status = 500
         outcome = ""
         header_value = request_id.encode()
@@ -93,7 +100,7 @@ class RequestContextMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
-            self.metrics.in_flight.dec()
+            self.metrics.in_flight -= 1
             self.metrics.observe(method, template, status, elapsed)
             path = printable(scope["path"])
             duration_ms = round(elapsed * 1000, 1)
@@ -106,7 +113,8 @@ class RequestContextMiddleware:
                 request_id,
                 span.trace_id,
                 outcome,
-                # The fields of a JSON line (titanium.logs); the line format ignores them.
+                # The fields of a JSON line (titanium.logs). Built only for JSON: the
+                # line format ignores them, and the dict is a tenth of the log call.
                 extra={
                     "method": method,
                     "path": path,
@@ -115,7 +123,9 @@ class RequestContextMiddleware:
                     "duration_ms": duration_ms,
                     "request_id": request_id,
                     "trace_id": span.trace_id,
-                },
+                }
+                if self.json_fields
+                else None,
             )
             self.tracer.end_server(
                 span, method, None if template == "unmatched" else template, status

@@ -79,6 +79,7 @@ def install_common(
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         tracer=open_tracer(settings, name),
+        json_fields=settings.log_format == "json",
     )
 
     async def health(_request: Request) -> Response:

@@ -178,7 +178,7 @@ async def _call(
     target = raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
     body = await _request_body(Request(scope, receive), body_timeout_seconds)
     started = time.perf_counter()
-    meter.in_flight.inc()
+    meter.in_flight += 1
     try:
         upstream = await downstream.session.request(
             scope["method"],
@@ -188,7 +188,7 @@ async def _call(
             allow_redirects=False,
         )
     except BaseException as exc:
-        meter.in_flight.dec()
+        meter.in_flight -= 1
         meter.finished(_outcome(exc), started)
         if isinstance(exc, aiohttp.ClientConnectorError):
             raise Unavailable(f"{downstream.name} is unavailable") from exc
@@ -254,7 +254,7 @@ class Forward:
             await send({"type": "http.response.body", "body": content})
         finally:
             upstream.release()
-            meter.in_flight.dec()
+            meter.in_flight -= 1
 
 
 class ForwardPublicRoutes:
