@@ -493,3 +493,29 @@ def test_titanium_serve_writes_json_lines_naming_the_service_and_the_trace(
         assert request["route"] == route
         assert request["status"] == 200
         assert request["request_id"] == response.headers["x-request-id"]
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 1.0])
+def test_a_sampling_ratio_exports_whole_traces_chosen_by_trace_id(
+    ratio: float, receiver: Receiver
+) -> None:
+    from titanium.web.otel import ExportingTracer
+
+    # Two services of one deployment: they must agree on every trace, whatever flag came in.
+    gateway = ExportingTracer(receiver.url, "api-gateway", ratio)
+    blog = ExportingTracer(receiver.url, "blog-service", ratio)
+    recorded = []
+    try:
+        for _ in range(200):
+            root = gateway.start_server(TraceParent(new_trace_id(), new_span_id(), True), "GET")
+            child = blog.start_server(TraceParent(root.trace_id, root.span_id, True), "GET")
+            assert root.exported.is_recording() == child.exported.is_recording() == child.sampled
+            recorded.append(root.exported.is_recording())
+            for tracer, span in ((blog, child), (gateway, root)):
+                tracer.end_server(span, "GET", "/x", 200)
+    finally:
+        for tracer in (gateway, blog):
+            tracer.shutdown()
+    share = sum(recorded) / len(recorded)
+    assert share == ratio if ratio in (0.0, 1.0) else 0.3 < share < 0.7
+    assert len(receiver.spans) == 2 * sum(recorded)

@@ -169,6 +169,10 @@ class Settings(BaseSettings):
     # OpenTelemetry's own variable: the OTLP/HTTP receiver's base URL (traces go to
     # /v1/traces under it). Unset or empty, no span is exported.
     otel_exporter_otlp_endpoint: Endpoint = None
+    # OpenTelemetry's own name too (with OTEL_TRACES_SAMPLER=traceidratio): the share
+    # of traces exported. Decided from the trace id, so every service keeps the same
+    # traces whole, and no caller's sampled flag can keep its requests out.
+    otel_traces_sampler_arg: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
 
     @model_validator(mode="after")
     def _postgres_needs_credentials(self) -> "Settings":

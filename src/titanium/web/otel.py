@@ -11,7 +11,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 from opentelemetry.trace import (
     NonRecordingSpan,
     SpanContext,
@@ -33,15 +33,16 @@ def traces_url(endpoint: str) -> str:
 class ExportingTracer(Tracer):
     """One server span per request and one client span per call, batched to an OTLP receiver.
 
-    Every request is recorded, whatever the caller's sampled flag says: a client
-    could otherwise keep its requests out of the traces.
+    A share `ratio` of traces is recorded, chosen by trace id (TraceIdRatioBased):
+    every service picks the same traces, whatever the caller's sampled flag says
+    (a client could otherwise keep its requests out of the traces).
     """
 
     exporting = True
 
-    def __init__(self, endpoint: str, service: str) -> None:
+    def __init__(self, endpoint: str, service: str, ratio: float = 1.0) -> None:
         resource = Resource.create({SERVICE_NAME: service, SERVICE_VERSION: __version__})
-        self.provider = TracerProvider(resource=resource, sampler=ALWAYS_ON)
+        self.provider = TracerProvider(resource=resource, sampler=TraceIdRatioBased(ratio))
         self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(traces_url(endpoint))))
         self.tracer = self.provider.get_tracer("titanium", __version__)
 

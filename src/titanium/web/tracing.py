@@ -134,4 +134,6 @@ def open_tracer(settings: Settings, service: str) -> Tracer:
         return Tracer()
     from titanium.web.otel import ExportingTracer
 
-    return ExportingTracer(settings.otel_exporter_otlp_endpoint, service)
+    return ExportingTracer(
+        settings.otel_exporter_otlp_endpoint, service, settings.otel_traces_sampler_arg
+    )
