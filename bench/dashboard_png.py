@@ -44,11 +44,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import matplotlib.dates as mdates
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, MultipleLocator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -100,7 +99,7 @@ ENV = {
     "LOGIN_MAX_FAILURES_PER_CLIENT": "60",
     "REGISTRATION_MAX_PER_CLIENT": "20",
     # A small cache, so that the posts read at random evict each other.
-    "BLOG_CACHE_BYTES": str(256 * 1024),
+    "BLOG_CACHE_BYTES": str(128 * 1024),
 }
 
 # Grafana's dark theme and classic palette.
@@ -298,7 +297,7 @@ class Box:
 @dataclass
 class Series:
     label: str
-    times: list[datetime]
+    times: list[float]  # Unix time
     values: list[float]
 
 
@@ -375,6 +374,10 @@ def query_range(
     return result
 
 
+def clock(unix: float) -> datetime:
+    return datetime.fromtimestamp(unix, UTC)
+
+
 def finite(value: float) -> float:
     """`value`, or NaN (a gap) for the infinities a quantile of too few samples gives."""
     return value if math.isfinite(value) else math.nan
@@ -384,7 +387,6 @@ def fetch(prometheus: Prometheus, panel: dict[str, Any], start: float, end: floa
     """The panel's series over [start, end], each on the full step grid (gaps are NaN)."""
     steps = round((end - start) / STEP) + 1
     grid = [start + i * STEP for i in range(steps)]
-    times = [datetime.fromtimestamp(t, UTC) for t in grid]
     found = []
     for target in panel.get("targets", []):
         if not target.get("expr") or target.get("hide"):
@@ -396,7 +398,7 @@ def fetch(prometheus: Prometheus, panel: dict[str, Any], start: float, end: floa
             }
             values = [by_step.get(i, math.nan) for i in range(steps)]
             label = legend(target.get("legendFormat", ""), result["metric"])
-            found.append(Series(label.strip(), times, values))
+            found.append(Series(label.strip(), grid, values))
     return sorted(found, key=lambda s: s.label)
 
 
@@ -471,7 +473,7 @@ def axes_at(figure: Figure, height_in: float, left: float, top: float, w: float,
 
 
 def draw_timeseries(
-    figure: Figure, drawn: Drawn, height_in: float, window: tuple[datetime, datetime]
+    figure: Figure, drawn: Drawn, height_in: float, window: tuple[float, float]
 ) -> None:
     panel, box = drawn.panel, drawn.box
     left, top = panel_frame(figure, box, height_in, panel.get("title", ""))
@@ -481,7 +483,8 @@ def draw_timeseries(
     plot_h = panel_h - 0.45 - 0.35
     rows = max(1, int(plot_h / 0.15))
     columns = max(1, math.ceil(len(drawn.series) / rows))
-    legend_w = 0.15 + 1.75 * columns if drawn.series else 0.0
+    longest = max((len(series.label) for series in drawn.series), default=0)
+    legend_w = 0.15 + (0.45 + 0.055 * longest) * columns if drawn.series else 0.0
     axes = axes_at(figure, height_in, left + 0.85, top + 0.45, panel_w - 1.0 - legend_w, plot_h)
     axes.set_facecolor(PANEL)
     for index, series in enumerate(drawn.series):
@@ -499,8 +502,11 @@ def draw_timeseries(
         axes.set_ylim(bottom=0)
     axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _: show(v)))
     axes.yaxis.set_major_locator(MaxNLocator(nbins=4))
-    axes.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S", tz=UTC))
-    axes.xaxis.set_major_locator(mdates.AutoDateLocator(minticks=4, maxticks=8, tz=UTC))
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda t, _: f"{clock(t):%H:%M:%S}"))
+    if drawn.series:
+        span = drawn.series[0].times[-1] - drawn.series[0].times[0]
+        tick = next((t for t in (5, 10, 15, 30, 60, 120, 300) if span / t <= 8), 600)
+        axes.xaxis.set_major_locator(MultipleLocator(tick))
     axes.tick_params(colors=DIM, labelsize=7, length=0)
     axes.grid(color=GRID, linewidth=0.6)
     for spine in axes.spines.values():
@@ -553,14 +559,15 @@ def draw_stat(figure: Figure, drawn: Drawn, height_in: float) -> None:
         size = min(26.0, tile_h * 72 * 0.5, tile_w * 72 / (0.65 * len(text) + 1))
         axes.text(x, y + 0.12 / rows, text, color=STAT_GREEN, fontsize=size,
                   fontweight="bold", ha="center", va="center")  # fmt: skip
-        axes.text(x, y - 0.3 / rows, series.label, color=TEXT, fontsize=7,
+        label_size = min(7.0, tile_w * 72 / (0.6 * max(1, len(series.label))))
+        axes.text(x, y - 0.3 / rows, series.label, color=TEXT, fontsize=label_size,
                   ha="center", va="center")  # fmt: skip
 
 
 def render(
     dashboard: dict[str, Any],
     drawn: list[Drawn],
-    window: tuple[datetime, datetime],
+    window: tuple[float, float],
     subtitle: str,
     output: Path,
 ) -> None:
@@ -660,11 +667,11 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
             server.drop_database(database)
     outcomes = ", ".join(f"{k} {v}" for k, v in sorted(load.outcomes.items()))
     print(f"sent {load.sent} requests in {ended - began:.0f} s ({outcomes})")
-    window = (datetime.fromtimestamp(began, UTC), datetime.fromtimestamp(ended, UTC))
+    window = (began, ended)
     subtitle = (
         f"Prometheus (scrape every {SCRAPE_INTERVAL:g} s), namespace {LOCAL_NAMESPACE}, "
         f"{args.backend}; {load.sent} requests through the gateway from "
-        f"{window[0]:%H:%M:%S} to {window[1]:%H:%M:%S} UTC (shaded), workers "
+        f"{clock(began):%H:%M:%S} to {clock(ended):%H:%M:%S} UTC (shaded), workers "
         f"{' / '.join(str(workers) for _, workers in PHASES)}; "
         f"{len(every) - len(chosen)} cluster-only panels left out"
     )
