@@ -37,7 +37,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,7 +62,9 @@ from titanium.db.migrations import upgrade_schema  # noqa: E402
 from titanium.ops.monitoring import (  # noqa: E402
     DASHBOARDS,
     LOCAL_NAMESPACE,
+    dashboard_panels,
     local_targets,
+    substitute,
     write_rule_file,
 )
 from titanium.runner import Stack  # noqa: E402
@@ -82,7 +84,6 @@ VARIABLES = {
     "__interval": "15s",
     "datasource": "",
 }
-_VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
 STEP = SCRAPE_INTERVAL  # seconds between the points of a range query
 LEAD, TAIL = 5.0, 10.0  # quiet seconds drawn before and after the load
 
@@ -308,26 +309,6 @@ class Drawn:
     series: list[Series]
 
 
-def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every panel that has queries, those inside rows included."""
-    for panel in dashboard.get("panels", []):
-        if panel.get("type") != "row" and any(t.get("expr") for t in panel.get("targets", [])):
-            yield panel
-        yield from panels(panel)
-
-
-def substitute(expr: str) -> str:
-    """`expr` with the dashboard's variables replaced by their local values."""
-
-    def value(match: re.Match[str]) -> str:
-        name = next(group for group in match.groups() if group)
-        if name not in VARIABLES:
-            raise SystemExit(f"dashboard_png: no local value for ${name} in {expr!r}")
-        return VARIABLES[name]
-
-    return _VARIABLE.sub(value, expr)
-
-
 def layout(chosen: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Box]]:
     """The panels placed as Grafana places them: by gridPos, floated up, never overlapping.
 
@@ -391,7 +372,7 @@ def fetch(prometheus: Prometheus, panel: dict[str, Any], start: float, end: floa
     for target in panel.get("targets", []):
         if not target.get("expr") or target.get("hide"):
             continue
-        for result in query_range(prometheus, substitute(target["expr"]), start, end):
+        for result in query_range(prometheus, substitute(target["expr"], VARIABLES), start, end):
             by_step = {
                 round((float(t) - start) / STEP): finite(float(v))
                 for t, v in result.get("values", [])
@@ -592,7 +573,7 @@ def render(
 
 def run(args: argparse.Namespace, workdir: Path) -> None:
     dashboard = json.loads(Path(args.dashboard).read_text())
-    every = list(panels(dashboard))
+    every = list(dashboard_panels(dashboard))
     chosen = [p for p in every if "cluster-only" not in p.get("description", "").lower()]
     if not chosen:
         raise SystemExit(f"dashboard_png: {args.dashboard} has no panel to draw here")

@@ -25,6 +25,8 @@ from titanium.ops.monitoring import (
     COMPONENT,
     DASHBOARDS,
     PROMETHEUS_RULE,
+    dashboard_panels,
+    load_dashboards,
     rule_groups,
     write_rule_file,
 )
@@ -321,17 +323,8 @@ def test_recording_rules_are_named_titanium_and_used() -> None:
 
 
 def dashboards() -> dict[str, dict[str, Any]]:
-    found = {
-        p.name: json.loads(p.read_text(encoding="utf-8")) for p in sorted(DASHBOARDS.glob("*.json"))
-    }
+    found = load_dashboards()
     assert found, "no dashboards"
-    return found
-
-
-def panels(board: dict[str, Any]) -> list[dict[str, Any]]:
-    found = []
-    for panel in board.get("panels", []):
-        found += [panel, *panel.get("panels", [])]
     return found
 
 
@@ -353,7 +346,7 @@ def test_every_panel_queries_the_chosen_namespace_through_the_variable() -> None
         uids.add(board["uid"])
         text = json.dumps(board)
         assert "titanium-prod" not in text and "titanium-local" not in text, name
-        for panel in panels(board):
+        for panel in dashboard_panels(board):
             where = f"{name}: {panel.get('title')}"
             assert panel["datasource"]["uid"] == "${datasource}", where
             targets = panel.get("targets", [])
@@ -369,7 +362,7 @@ def test_every_panel_queries_the_chosen_namespace_through_the_variable() -> None
 
 def test_panels_use_known_metrics_and_say_when_they_are_cluster_only() -> None:
     for name, board in dashboards().items():
-        for panel in panels(board):
+        for panel in dashboard_panels(board):
             where = f"{name}: {panel.get('title')}"
             metrics = {m for t in panel["targets"] for m in metric_names(t["expr"])}
             unknown = {m for m in metrics if not known_metric(m)}

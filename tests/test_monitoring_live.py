@@ -9,7 +9,6 @@ a metric or label the services do not export; faults fire the alerts meant for
 them and restoring resolves them; and junk traffic adds no series.
 """
 
-import json
 import random
 import re
 import subprocess
@@ -42,8 +41,11 @@ from titanium.ops.monitoring import (
     LOCAL_NAMESPACE,
     POSTGRES_EXPORTER_JOB,
     PROMETHEUS_RULE,
+    dashboard_panels,
+    load_dashboards,
     local_targets,
     rule_groups,
+    substitute,
     write_rule_file,
 )
 from titanium.runner import Stack, wait_until_ready
@@ -190,26 +192,6 @@ VARIABLES = {
     "__range_s": "300",
     "__interval_ms": "60000",
 }
-_VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
-
-
-def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every panel of a dashboard, those inside rows included."""
-    for panel in dashboard.get("panels", []):
-        yield panel
-        yield from panels(panel)
-
-
-def substitute(expr: str, values: dict[str, str]) -> str:
-    """`expr` with its template variables replaced by their local values."""
-
-    def value(match: re.Match[str]) -> str:
-        name = next(group for group in match.groups() if group)
-        if name not in values:
-            raise AssertionError(f"no local value for ${name} in {expr!r}")
-        return values[name]
-
-    return _VARIABLE.sub(value, expr)
 
 
 def template_values(dashboard: dict[str, Any]) -> dict[str, str]:
@@ -233,15 +215,14 @@ def template_values(dashboard: dict[str, Any]) -> dict[str, str]:
 def dashboard_queries() -> list[tuple[str, str, str, str]]:
     """(dashboard file, panel title, description, expr) of every panel target."""
     queries = []
-    for path in sorted(DASHBOARDS.glob("*.json")):
-        dashboard = json.loads(path.read_text())
+    for name, dashboard in load_dashboards().items():
         values = template_values(dashboard)
-        for panel in panels(dashboard):
+        for panel in dashboard_panels(dashboard):
             for target in panel.get("targets", []):
                 if target.get("expr"):
                     queries.append(
                         (
-                            path.name,
+                            name,
                             panel.get("title", "?"),
                             panel.get("description", ""),
                             substitute(target["expr"], values),

@@ -7,7 +7,9 @@ The local scrape configuration (`prometheus_config`, `write_local`) labels each
 target as the cluster's ServiceMonitors do, so the same rules and dashboards apply.
 """
 
-from collections.abc import Mapping
+import json
+import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,35 @@ def write_rule_file(target: Path, path: Path = PROMETHEUS_RULE) -> Path:
     """Write the PrometheusRule's groups as a Prometheus rule file at `target`."""
     target.write_text(yaml.safe_dump({"groups": rule_groups(path)}, sort_keys=False))
     return target
+
+
+# Grafana's forms of a template variable: ${name}, ${name:format}, $name, [[name]].
+_TEMPLATE_VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
+
+
+def load_dashboards(directory: Path = DASHBOARDS) -> dict[str, dict[str, Any]]:
+    """The Grafana dashboards in `directory`, by file name."""
+    return {path.name: json.loads(path.read_text()) for path in sorted(directory.glob("*.json"))}
+
+
+def dashboard_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel of a Grafana dashboard, those inside rows included (not the rows)."""
+    for panel in dashboard.get("panels", []):
+        if panel.get("type") != "row":
+            yield panel
+        yield from dashboard_panels(panel)
+
+
+def substitute(expr: str, values: Mapping[str, str]) -> str:
+    """`expr` with its template variables replaced from `values`; ValueError for one it lacks."""
+
+    def value(match: re.Match[str]) -> str:
+        name = next(group for group in match.groups() if group)
+        if name not in values:
+            raise ValueError(f"no local value for ${name} in {expr!r}")
+        return values[name]
+
+    return _TEMPLATE_VARIABLE.sub(value, expr)
 
 
 # The labels a ServiceMonitor gives every series of a service in the cluster, set

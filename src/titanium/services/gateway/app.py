@@ -189,14 +189,11 @@ async def _call(
         )
     except BaseException as exc:
         meter.in_flight -= 1
-        meter.finished(_outcome(exc), started)
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            raise Unavailable(f"{downstream.name} is unavailable") from exc
-        if isinstance(exc, aiohttp.ClientError):
-            raise BadGateway(f"{downstream.name} failed to answer") from exc
-        if isinstance(exc, TimeoutError):
-            raise UpstreamTimeout(f"{downstream.name} did not answer in time") from exc
-        raise
+        outcome, error = _failure(exc, downstream.name)
+        meter.finished(outcome, started)
+        if error is None:
+            raise
+        raise error from exc
     meter.finished(STATUS_CLASSES.get(upstream.status // 100, "error"), started)
     return upstream
 
@@ -204,13 +201,21 @@ async def _call(
 STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 
-def _outcome(exc: BaseException) -> str:
-    """The `outcome` label of a call to a downstream that raised `exc`."""
+def _failure(exc: BaseException, name: str) -> tuple[str, TitaniumError | None]:
+    """The `outcome` label of a call to downstream `name` that raised `exc`, and its error.
+
+    None for anything that is not the downstream's failure (the client went away:
+    the call was cancelled), which goes on as it is.
+    """
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return "unavailable"
+        return "unavailable", Unavailable(f"{name} is unavailable")
+    if isinstance(exc, aiohttp.ClientError):
+        # aiohttp's socket timeouts are ClientErrors too: a 502, counted as a timeout.
+        outcome = "timeout" if isinstance(exc, TimeoutError) else "error"
+        return outcome, BadGateway(f"{name} failed to answer")
     if isinstance(exc, TimeoutError):
-        return "timeout"
-    return "error"  # a broken answer, or the client went away (cancelled)
+        return "timeout", UpstreamTimeout(f"{name} did not answer in time")
+    return "error", None
 
 
 class Forward:
