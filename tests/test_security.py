@@ -23,9 +23,8 @@ from support.stack import RunningStack
 from titanium.config import Settings
 from titanium.db.migrations import upgrade_schema
 from titanium.db.tables import users
-from titanium.errors import ConfigError, RateLimited, Unauthorized
+from titanium.errors import ConfigError, Unauthorized
 from titanium.security.passwords import DUMMY_HASH, hash_password, needs_rehash, verify_password
-from titanium.security.ratelimit import WindowLimiter
 from titanium.security.tokens import TokenIssuer, TokenVerifier, generate_key_pair
 from titanium.services.users.app import create_app
 
@@ -184,22 +183,6 @@ def test_login_is_throttled_per_client(live: RunningStack) -> None:
             "/api/login", json={"username": "fresh-name", "password": "x"}, headers=client_headers
         )
         assert blocked.status_code == 429
-
-
-def test_window_limiter_forgives_released_attempts_and_recovers_after_its_window() -> None:
-    limiter = WindowLimiter(limit=2, window_seconds=0.2, message="slow down")
-    limiter.acquire("k")
-    forgiven = limiter.acquire("k")
-    with pytest.raises(RateLimited):
-        limiter.acquire("k")
-    limiter.release("k", forgiven)
-    limiter.acquire("k")
-    with pytest.raises(RateLimited):
-        limiter.acquire("k")
-    limiter.acquire("other")
-    time.sleep(0.25)
-    limiter.acquire("k")
-    limiter.acquire("k")
 
 
 def test_a_rotated_key_pair_keeps_tokens_of_both_keys_valid(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -229,12 +230,30 @@ async def test_login_failures_look_the_same(auth: httpx.AsyncClient, user_servic
     assert wrong.headers["www-authenticate"] == unknown.headers["www-authenticate"] == "Bearer"
 
 
+@pytest.fixture
+def fresh_installation(tmp_path: Path, keys: dict[str, str]) -> Settings:
+    """An installation of its own: the login budgets a test spends stay out of the others'."""
+    return sqlite_settings(tmp_path, keys)
+
+
+@asynccontextmanager
+async def throttled_login(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    """auth-service over a user-service of its own: the login budgets are user-service's."""
+    with served(create_users(settings)) as users:
+        pool = open_downstream("user-service", users.url, timeout_seconds=5)
+        try:
+            async with running(create_auth(settings, downstreams={"users": pool})) as auth:
+                yield auth, users.url
+        finally:
+            await pool.close()
+
+
 async def test_login_is_throttled_per_username_even_with_the_right_password(
-    installation: Settings, users_pool: Downstream, user_service: Served
+    fresh_installation: Settings,
 ) -> None:
-    settings = installation.model_copy(update={"login_max_failures_per_user": 2})
-    victim, bystander = await register(user_service.url), await register(user_service.url)
-    async with running(create_auth(settings, downstreams={"users": users_pool})) as auth:
+    settings = fresh_installation.model_copy(update={"login_max_failures_per_user": 2})
+    async with throttled_login(settings) as (auth, users_url):
+        victim, bystander = await register(users_url), await register(users_url)
         for _ in range(2):
             wrong = {"username": victim["username"], "password": "wrong"}
             assert (await auth.post("/api/login", json=wrong)).status_code == 401
@@ -247,12 +266,12 @@ async def test_login_is_throttled_per_username_even_with_the_right_password(
 
 
 async def test_login_is_throttled_per_client_by_the_address_the_gateway_appended(
-    installation: Settings, users_pool: Downstream, user_service: Served
+    fresh_installation: Settings,
 ) -> None:
-    settings = installation.model_copy(update={"login_max_failures_per_client": 2})
-    account = await register(user_service.url)
-    right = {"username": account["username"], "password": PASSWORD}
-    async with running(create_auth(settings, downstreams={"users": users_pool})) as auth:
+    settings = fresh_installation.model_copy(update={"login_max_failures_per_client": 2})
+    async with throttled_login(settings) as (auth, users_url):
+        account = await register(users_url)
+        right = {"username": account["username"], "password": PASSWORD}
         for spoofed in ("1.1.1.1", "2.2.2.2"):
             # The first entries are the client's own claims; the last is the gateway's.
             headers = {"X-Forwarded-For": f"{spoofed}, 10.0.0.1"}

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -42,6 +44,15 @@ def pool_size(settings: Settings, url: URL, role: str) -> int:
     if is_sqlite(url):
         return 1 if role == "write" else min(settings.db_pool_size, SQLITE_READERS)
     return settings.db_pool_size
+
+
+def insert_for(dialect: str, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+    """The dialect's own INSERT, for ON CONFLICT: SQLAlchemy's generic one has none.
+
+    Both constructs take the same `on_conflict_do_update(index_elements, set_)`
+    and `excluded`, so callers write one statement for both backends.
+    """
+    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
 
 
 def create_engine(

@@ -46,6 +46,17 @@ users = sa.Table(
     sqlite_autoincrement=True,
 )
 
+# Login and registration budgets, shared by every replica of user-service
+# (`security/ratelimit.py`): the stamps of one key's attempts still in its window.
+THROTTLE_KEY_LENGTH = 64  # a SHA-256 in hex
+throttle_attempts = sa.Table(
+    "throttle_attempts",
+    users_metadata,
+    sa.Column("key", sa.String(THROTTLE_KEY_LENGTH), primary_key=True),
+    sa.Column("stamps", sa.Text, nullable=False, server_default=""),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+)
+
 categories = sa.Table(
     "categories",
     blog_metadata,

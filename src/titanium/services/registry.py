@@ -30,7 +30,9 @@ class Service:
 SERVICES: dict[ServiceName, Service] = {
     service.id: service
     for service in (
-        Service("users", "user-service", 8001, "user_service_url", tables=("users",)),
+        Service(
+            "users", "user-service", 8001, "user_service_url", tables=("throttle_attempts", "users")
+        ),
         Service("auth", "auth-service", 8002, "auth_service_url"),
         Service("blog", "blog-service", 8005, "blog_service_url", tables=("categories", "posts")),
         Service("gateway", "api-gateway", 8000, url_setting=None),

@@ -1,7 +1,8 @@
 """auth-service: logs users in and verifies tokens. It owns no database.
 
-Credentials are checked by user-service's internal route; only this service
-holds the private key, so only it can mint tokens.
+Credentials are checked, and login attempts throttled, by user-service's
+internal route (the throttle's counts live in its database, shared by every
+replica); only this service holds the private key, so only it can mint tokens.
 """
 
 from collections.abc import AsyncIterator, Mapping
@@ -15,7 +16,6 @@ from pydantic import BaseModel
 from titanium.config import ServiceName, Settings
 from titanium.contracts import CREDENTIALS_PATH, Credentials, VerifiedUser
 from titanium.errors import NotReady, RateLimited, Unauthorized, Unavailable
-from titanium.security.ratelimit import LoginThrottle
 from titanium.security.tokens import TokenIssuer, TokenVerifier
 from titanium.web.auth import CurrentIdentity
 from titanium.web.client import Downstream, forward_headers, service_pools
@@ -56,7 +56,6 @@ def create_app(
     """Build auth-service (given `downstreams` stay the caller's); config errors surface here."""
     issuer = TokenIssuer(settings)
     verifier = TokenVerifier(settings)
-    throttle = LoginThrottle(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -83,24 +82,16 @@ def create_app(
     @app.post("/api/login", response_model=LoginResult, summary="Log in and get a token")
     async def login(body: Credentials, request: Request) -> LoginResult:
         client = client_address(request, settings.internal_token)
-        # Counted before the check: parallel guesses cannot all pass a budget
-        # that only completed failures would have used up.
         try:
-            attempt = throttle.attempt(body.username, client)
+            user = await _check_credentials(request.app.state.users, body, client)
         except RateLimited:
             outcomes["throttled"] += 1
-            raise
-        try:
-            user = await _check_credentials(request.app.state.users, body)
-        except Unavailable:
-            attempt.forgive()
             raise
         if user is None:
             outcomes["failure"] += 1
             # Same answer for an unknown user and a wrong password.
             raise Unauthorized("invalid username or password")
         outcomes["success"] += 1
-        throttle.succeeded(attempt, body.username, client)
         token = issuer.issue(user.id, user.username)
         return LoginResult(
             token=token, access_token=token, expires_in=issuer.ttl_seconds, user=user
@@ -117,17 +108,24 @@ def create_app(
     return app
 
 
-async def _check_credentials(users: Downstream, body: Credentials) -> VerifiedUser | None:
+async def _check_credentials(
+    users: Downstream, body: Credentials, client: str
+) -> VerifiedUser | None:
+    """The account if the password is right, None if not; RateLimited, Unavailable."""
+    # The client goes on as the gateway's entry would: user-service throttles by it.
+    headers = {**forward_headers(), "X-Forwarded-For": client}
     try:
         async with users.session.post(
-            users.url(CREDENTIALS_PATH),
-            json=body.model_dump(),
-            headers=forward_headers(),
+            users.url(CREDENTIALS_PATH), json=body.model_dump(), headers=headers
         ) as response:
             if response.status == 200:
                 return VerifiedUser.model_validate(await response.json())
             if response.status in (401, 422):
                 return None
+            if response.status == 429:
+                refused = await response.json()
+                retry_after = int(response.headers.get("Retry-After", "1"))
+                raise RateLimited(str(refused.get("message")), retry_after)
             raise Unavailable(f"{users.name} answered {response.status}")
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise Unavailable(f"{users.name} is unreachable") from exc

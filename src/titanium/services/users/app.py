@@ -16,7 +16,7 @@ from titanium.db.revisions import check_schema
 from titanium.db.tables import INTEGER_MAX
 from titanium.errors import Forbidden, NotFound, Unauthorized
 from titanium.security import passwords
-from titanium.security.ratelimit import WindowLimiter
+from titanium.security.ratelimit import Budget, LoginThrottle, Throttle
 from titanium.security.tokens import TokenVerifier
 from titanium.services.users.repository import User, UserRepository
 from titanium.services.users.schemas import (
@@ -139,10 +139,12 @@ def create_app(
     app.state.db = db
     app.state.verifier = verifier
     app.state.internal_token = settings.internal_token
-    app.state.registrations = WindowLimiter(
-        settings.registration_max_per_client,
-        settings.registration_window_seconds,
-        "too many registrations, retry later",
+    # Both throttles keep their counts in this service's database, shared by
+    # every replica (security/ratelimit.py).
+    app.state.logins = LoginThrottle(db, settings)
+    app.state.registrations = Throttle(db, "too many registrations, retry later")
+    app.state.registration_budget = Budget(
+        "registration", settings.registration_max_per_client, settings.registration_window_seconds
     )
 
     async def ready(_request: Request) -> dict[str, Any]:
@@ -191,12 +193,15 @@ def _add_routes(app: FastAPI) -> None:
         summary="Register",
     )
     async def register(body: Registration, repo: Users, request: Request) -> User:
-        registrations: WindowLimiter = request.app.state.registrations
-        # Counted before hashing: a refused registration costs no argon2 work.
-        registrations.acquire(client_address(request, request.app.state.internal_token))
-        password_hash = await _hash_in_thread(
-            request, passwords.hash_password, body.password, login=False
-        )
+        registrations: Throttle = request.app.state.registrations
+        client = client_address(request, request.app.state.internal_token)
+        gate: HashingGate = request.app.state.hash_gate
+        async with gate.slot(login=False):
+            # Counted in its turn, before hashing: a refused registration costs no
+            # argon2 work, and a flood's counting writes queue behind the slot one
+            # at a time instead of ahead of the logins' writes.
+            await registrations.attempt([(request.app.state.registration_budget, client)])
+            password_hash = await anyio.to_thread.run_sync(passwords.hash_password, body.password)
         return await repo.create(body.username, body.email, password_hash)
 
     @app.get("/api/users/me", response_model=OwnProfile, summary="Own profile")
@@ -244,6 +249,14 @@ def _add_routes(app: FastAPI) -> None:
         dependencies=[InternalOnly],
     )
     async def check_credentials(body: Credentials, repo: Users, request: Request) -> User:
+        logins: LoginThrottle = request.app.state.logins
+        # auth-service passes the client on in X-Forwarded-For, trusted with the token.
+        client = client_address(request, request.app.state.internal_token)
+        account = throttle_account(body.username)
+        # Counted before the password is checked, in the database every replica
+        # shares: parallel guesses cannot all pass a budget that only completed
+        # failures would have used up, on this replica or another.
+        attempt = await logins.attempt(account, client)
         user = await repo.by_username(body.username)
         stored = user.password_hash if user else passwords.DUMMY_HASH
         valid = await _hash_in_thread(
@@ -251,9 +264,15 @@ def _add_routes(app: FastAPI) -> None:
         )
         if user is None or not valid:
             raise Unauthorized("invalid username or password")
+        await logins.succeeded(attempt, account, client)
         if passwords.needs_rehash(stored):
             new_hash = await _hash_in_thread(
                 request, passwords.hash_password, body.password, login=True
             )
             await repo.set_password_hash(user.id, new_hash)
         return user
+
+
+def throttle_account(username: str) -> str:
+    """The account a login names, as the throttle counts it: look-alike spellings are one."""
+    return username.casefold()
