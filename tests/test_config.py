@@ -99,3 +99,16 @@ def test_every_service_url_setting_defaults_to_its_registry_port() -> None:
     for service in callees:
         assert service_url(settings, service.id) == f"http://127.0.0.1:{service.port}"
     assert SERVICES["gateway"].url_setting is None
+
+
+def test_trusted_proxies_are_networks_and_a_typo_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TRUSTED_PROXIES", " 10.0.0.0/8, 127.0.0.1,fd00::/8 ")
+    assert load_settings().trusted_proxies == ("10.0.0.0/8", "127.0.0.1/32", "fd00::/8")
+    # A host part set in a network (10.1.2.3/8) is refused: which was meant, host or net?
+    for wrong in ("10.0.0.0/33", "10.1.2.3/8", "ingress-nginx"):
+        monkeypatch.setenv("TRUSTED_PROXIES", wrong)
+        with pytest.raises(ConfigError, match="TRUSTED_PROXIES") as refused:
+            load_settings()
+        assert "\n" not in str(refused.value)

@@ -154,3 +154,44 @@ def test_the_throttle_forgives_expires_and_sweeps(
             await db.dispose()
 
     asyncio.run(go())
+
+
+@pytest.fixture
+def behind_a_proxy(
+    database_env: Callable[[str], dict[str, str]], keys: dict[str, str], tmp_path: Path
+) -> Iterator[httpx.Client]:
+    """A stack whose gateway trusts 127.0.0.1, where the tests stand in for an Ingress."""
+    env = {
+        **database_env("sqlite"),
+        **keys,
+        "TRUSTED_PROXIES": "127.0.0.1",
+        "LOGIN_MAX_FAILURES_PER_CLIENT": "2",
+    }
+    stack = start_stack(env, tmp_path)
+    try:
+        with httpx.Client(base_url=stack.url("gateway"), timeout=30) as client:
+            yield client
+    finally:
+        stack.stop()
+
+
+def test_clients_behind_a_trusted_proxy_have_budgets_of_their_own(
+    behind_a_proxy: httpx.Client,
+) -> None:
+    registered = _register(behind_a_proxy)
+    assert registered.status_code == 201, registered.text
+    right = {"username": registered.json()["username"], "password": PASSWORD}
+
+    def login(forwarded_for: str, body: dict[str, str]) -> int:
+        headers = {"X-Forwarded-For": forwarded_for}
+        return behind_a_proxy.post("/api/login", json=body, headers=headers).status_code
+
+    # The proxy appends the address it saw; what a client put before it is its own claim.
+    guesser = [f"10.{n}.0.1, 203.0.113.7" for n in range(4)]
+    statuses = [
+        login(chain, {"username": f"ghost{n}", "password": "x"}) for n, chain in enumerate(guesser)
+    ]
+    assert statuses == [401, 401, 429, 429]
+    assert login("203.0.113.7", right) == 429
+    # Another client of the same proxy is not the guesser (untrusted, all would share one).
+    assert login("198.51.100.23", right) == 200

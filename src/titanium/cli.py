@@ -99,9 +99,11 @@ def serve(
         access_log=False,
         log_config=None,
         server_header=False,
-        # Services read X-Forwarded-For themselves (set by the gateway, never trusted
-        # from a client); uvicorn's rewriting of the peer address would only cost time.
-        proxy_headers=False,
+        # The gateway takes the client from X-Forwarded-For only when the peer is one
+        # of TRUSTED_PROXIES (uvicorn walks the list from the right and skips trusted
+        # hops); the services read the gateway's entry themselves (web/clients.py).
+        proxy_headers=service == "gateway" and bool(settings.trusted_proxies),
+        forwarded_allow_ips=list(settings.trusted_proxies),
         timeout_graceful_shutdown=10,
     )
 

@@ -89,6 +89,26 @@ def _origin_list(value: object) -> object:
 Origins = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_origin_list)]
 
 
+def _network_list(value: object) -> object:
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list | tuple):
+        return value  # pydantic names the wrong type
+    networks = []
+    for item in (str(item).strip() for item in value):
+        if not item:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=True)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network (a.b.c.d/n)") from None
+    return tuple(networks)
+
+
+# Comma-separated addresses or networks, normalised (10.0.0.0/8, 127.0.0.1/32, ...).
+Networks = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_network_list)]
+
+
 def _endpoint(value: object) -> object:
     # Empty means unset, as OpenTelemetry's own variables have it.
     if not isinstance(value, str):
@@ -163,6 +183,9 @@ class Settings(BaseSettings):
     # Service-to-service authentication: every internal call and every request the
     # gateway relays carries it (web/clients.py). Unset, nothing is checked, as before.
     internal_token: SecretStr | None = None
+    # The gateway only: peers (an Ingress controller, a load balancer) whose
+    # X-Forwarded-For names the client. Empty: the socket peer is the client.
+    trusted_proxies: Networks = ()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # `line`: one human-readable line per event; `json`: one JSON object per line.
     log_format: Literal["line", "json"] = "line"
