@@ -122,6 +122,8 @@ SEED_COLUMNS = {
     ("users", "email"): ("character varying", 255, "NO", None),
     ("users", "password_hash"): ("character varying", 255, "NO", None),
     ("users", "created_at"): ("timestamp without time zone", None, "YES", "CURRENT_TIMESTAMP"),
+    # Titanium's additions to the seed's columns: the look-alike key and the post's owner.
+    ("users", "username_key"): ("character varying", 100, "YES", None),
     ("posts", "id"): ("integer", None, "NO", "nextval('posts_id_seq'::regclass)"),
     ("posts", "title"): ("character varying", 200, "NO", None),
     ("posts", "content"): ("text", None, "NO", None),
@@ -129,6 +131,7 @@ SEED_COLUMNS = {
     ("posts", "created_at"): ("timestamp without time zone", None, "YES", "CURRENT_TIMESTAMP"),
     ("posts", "updated_at"): ("timestamp without time zone", None, "YES", "CURRENT_TIMESTAMP"),
     ("posts", "category_id"): ("integer", None, "YES", None),
+    ("posts", "author_id"): ("integer", None, "YES", None),
     ("categories", "id"): ("integer", None, "NO", "nextval('categories_id_seq'::regclass)"),
     ("categories", "name"): ("character varying", 50, "NO", None),
     ("categories", "slug"): ("character varying", 50, "NO", None),
@@ -172,7 +175,12 @@ def test_postgresql_schema_matches_the_seed_ddl(database_env: EnvFactory) -> Non
            JOIN information_schema.key_column_usage kcu USING (constraint_schema, constraint_name)
            WHERE tc.constraint_type = 'UNIQUE' AND tc.table_schema = 'public'""",
     )
-    assert sorted(unique) == [("categories", "name"), ("categories", "slug"), ("users", "username")]
+    assert sorted(unique) == [
+        ("categories", "name"),
+        ("categories", "slug"),
+        ("users", "username"),
+        ("users", "username_key"),
+    ]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

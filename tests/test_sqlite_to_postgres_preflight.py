@@ -387,7 +387,9 @@ def test_window_fast_path_accepts_only_what_the_rules_accept(
                     row[column.name] = value
                     candidates.append(len(rows) + 1)  # its rowid
                 rows.append(row)
-    path = create(tmp_path / "source.db", LOOSE_DDL[spec.name])
+    # Untyped columns, one per target column (the original's tables lack Titanium's additions).
+    loose = f"CREATE TABLE {spec.name} ({', '.join(spec.column_names)})"
+    path = create(tmp_path / "source.db", loose)
     insert(path, spec.name, rows)
     source = open_source(path, (spec,))
     try:

@@ -122,6 +122,16 @@ def db_upgrade(
     for name in (service,) if service else DATA_SERVICES:
         reached = guarded(asyncio.run, upgrade_schema(settings, name, revision))
         typer.echo(f"{name}: schema at {reached} ({settings.backend})")
+    _link_legacy_posts(settings)
+
+
+def _link_legacy_posts(settings: Settings) -> None:
+    """Tie posts known only by their author's name to that account (needs both schemas)."""
+    from titanium.services.blog.legacy import link_legacy_posts
+
+    report = guarded(asyncio.run, link_legacy_posts(settings))
+    if report is not None:
+        typer.echo(report.message)
 
 
 @db_app.command("downgrade")
@@ -227,6 +237,7 @@ def run(
         env["JWT_PUBLIC_KEY_FILE"] = str(public.resolve())
     for name in DATA_SERVICES:
         guarded(asyncio.run, upgrade_schema(settings, name))
+    _link_legacy_posts(settings)
     where = "PostgreSQL" if settings.use_postgres else f"SQLite in {settings.data_dir}/"
     typer.echo(f"titanium: schema at head ({where}); starting services")
 

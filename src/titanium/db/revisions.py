@@ -13,8 +13,8 @@ from titanium.errors import NotReady
 
 # Oldest first; the last one is the head. Add a revision here with its migration.
 REVISIONS: dict[DataService, tuple[str, ...]] = {
-    "users": ("0001", "0002"),
-    "blog": ("0001", "0002", "0003"),
+    "users": ("0001", "0002", "0003"),
+    "blog": ("0001", "0002", "0003", "0004"),
 }
 
 

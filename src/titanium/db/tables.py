@@ -39,6 +39,9 @@ users = sa.Table(
     users_metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("username", sa.String(USERNAME_MAX), nullable=False, unique=True),
+    # `security.usernames.username_key` of the username: what uniqueness and look-ups
+    # compare. NULL for the later look-alikes of accounts older than it (revision 0003).
+    sa.Column("username_key", sa.String(USERNAME_MAX), nullable=True, unique=True),
     sa.Column("email", sa.String(EMAIL_MAX), nullable=False),
     sa.Column("password_hash", sa.String(PASSWORD_HASH_MAX), nullable=False),
     sa.Column("created_at", sa.DateTime, server_default=sa.func.current_timestamp()),
@@ -77,7 +80,12 @@ posts = sa.Table(
     sa.Column("created_at", sa.DateTime, server_default=sa.func.current_timestamp()),
     sa.Column("updated_at", sa.DateTime, server_default=sa.func.current_timestamp()),
     sa.Column("category_id", sa.Integer, sa.ForeignKey("categories.id"), nullable=True),
+    # The account (users.id) that wrote the post; `author` stays its display name.
+    # No foreign key: users live in user-service's database. NULL for a legacy
+    # post no account could be proven to have written (blog revision 0004).
+    sa.Column("author_id", sa.Integer, nullable=True),
     sa.Index("idx_posts_author", "author"),
+    sa.Index("idx_posts_author_id", "author_id"),
     sa.Index("idx_posts_category_id", "category_id"),
     sqlite_autoincrement=True,
 )

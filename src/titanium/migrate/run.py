@@ -38,9 +38,12 @@ from titanium.migrate.schema import ID_MAX, ID_MIN, TABLES
 from titanium.migrate.source import SourceFile, SourceTable, open_source, quote_ident
 from titanium.migrate.stream import Checksum, SourceStream, load_columns, target_sql
 from titanium.migrate.temp_tables import prepare_valid_ids, rejected_table
+from titanium.services.blog.legacy import link_legacy_posts
 from titanium.services.registry import DATA_SERVICES
 
 OnError = Literal["stop", "skip"]
+# Filled in on the target after the load (services/blog/legacy.py).
+LINKED_AFTER_LOAD: dict[str, tuple[str, ...]] = {"posts": ("author_id",)}
 T = TypeVar("T")
 DEFAULT_REJECTS = Path("titanium-rejects.jsonl")
 
@@ -105,6 +108,11 @@ def _describe_sources(sources: _Sources, result: MigrationResult) -> None:
             if table.missing:
                 result.notes.append(
                     f"{source.path}: {table.name} has no {', '.join(table.missing)}: loaded as NULL"
+                )
+            for column in table.derived:
+                result.notes.append(
+                    f"{source.path}: {table.name} has no {column}: computed from the "
+                    "source's own columns, as the schema migration that added it does"
                 )
             if table.ignored:
                 result.notes.append(
@@ -231,12 +239,32 @@ async def _migrate(options: MigrationOptions, progress: ProgressSink) -> Migrati
                     ) from exc
             result.phases["schema"] = time.monotonic() - schema_started
             await _load(conn, options, sources, result, progress)
+            if result.status in (Status.OK, Status.REJECTED):
+                await _link_authors(options, result)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
         raise TargetError(f"{options.target.display}: {exc}") from exc
     finally:
         sources.close()
     result.phases["total"] = time.monotonic() - started
     return result
+
+
+async def _link_authors(options: MigrationOptions, result: MigrationResult) -> None:
+    """After the committed load: tie posts without author_id to their accounts.
+
+    Outside the load transaction, so the verified rows are exactly the source's;
+    it is idempotent, and `titanium db upgrade` runs it again if this one fails.
+    """
+    try:
+        report = await link_legacy_posts(options.target.settings)
+    except TitaniumError as exc:
+        result.notes.append(
+            f"posts were loaded but not linked to their accounts ({exc.message}): "
+            "run `titanium db upgrade` against the target to link them"
+        )
+        return
+    if report is not None:
+        result.notes.append(report.message)
 
 
 async def _preflight_phase(
@@ -453,6 +481,8 @@ async def _verify_table(
     progress.start(task, report.rows_read - report.rows_rejected)
     started = time.monotonic()
     stream = SourceStream(source, table, exclude_rejected=report.rows_rejected > 0)
+    # A column the source lacks but the target links after the load has nothing to compare.
+    as_null = [column for column in table.missing if column in LINKED_AFTER_LOAD.get(name, ())]
 
     def drain() -> Checksum:
         while (item := stream.next_chunk()) is not None:
@@ -462,7 +492,7 @@ async def _verify_table(
     try:
         # Both sides at once: SQLite in a thread, PostgreSQL on the event loop.
         source_sum, target_sum = await asyncio.gather(
-            _in_thread(drain), pg.checksum(conn, target_sql(table.spec))
+            _in_thread(drain), pg.checksum(conn, target_sql(table.spec, as_null=as_null))
         )
     finally:
         stream.close()

@@ -22,6 +22,7 @@ from urllib.parse import quote
 from titanium.migrate import timestamps
 from titanium.migrate.errors import SourceError
 from titanium.migrate.schema import ColumnSpec, TableSpec
+from titanium.security.usernames import assign_keys
 
 # Rows per fetch: large enough to amortise Python's per-call cost, small enough
 # (a few MB of posts) to keep memory flat whatever the size of the file.
@@ -51,16 +52,24 @@ class SourceTable:
     high_water_mark: int | None
     id_is_rowid: bool = False
     rows: int = 0
+    # Target columns the source lacks but that are computed from it: SQL per column.
+    derived: dict[str, str] = field(default_factory=dict)
 
     def expr(self, column: ColumnSpec) -> str:
         """SQL expression for a target column: the source column, or NULL when absent."""
+        if column.name in self.derived:
+            return self.derived[column.name]
         source = self.matched.get(column.name)
         return quote_ident(source) if source is not None else "NULL"
 
     @property
     def missing(self) -> list[str]:
         """Target columns the source does not have (loaded as NULL)."""
-        return [c.name for c in self.spec.columns if c.name not in self.matched]
+        return [
+            c.name
+            for c in self.spec.columns
+            if c.name not in self.matched and c.name not in self.derived
+        ]
 
 
 @dataclass
@@ -192,7 +201,42 @@ def _match(source: SourceFile, spec: TableSpec) -> SourceTable | None:
         spec, name, columns, matched, ignored, _high_water_mark(source, name), rowid_alias
     )
     table.rows = int(source.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0])  # noqa: S608 - quoted identifiers only
+    if spec.name == "users" and "username_key" not in matched:
+        _derive_username_keys(source, table)
     return table
+
+
+USERNAME_KEYS = "temp.titanium_username_keys"
+
+
+def _derive_username_keys(source: SourceFile, table: SourceTable) -> None:
+    """Keys for a source from before them (the original system's file): revision 0003's rule.
+
+    Computed once per run into a TEMP table, so that preflight, the COPY and
+    `migrate verify` all read the same keys. Rows whose id or username cannot
+    be loaded get none (preflight rejects them anyway).
+    """
+    id_expr, name_expr = (quote_ident(table.matched[c]) for c in ("id", "username"))
+    rows = source.execute(
+        f"SELECT rowid, {name_expr} FROM main.{quote_ident(table.name)} "  # noqa: S608 - quoted identifiers only
+        f"WHERE typeof({id_expr}) = 'integer' AND typeof({name_expr}) = 'text' "
+        f"ORDER BY {id_expr}, rowid"
+    ).fetchall()
+    named: list[tuple[int, str]] = []
+    for position, (_rowid, raw) in enumerate(rows):
+        try:
+            named.append((position, raw.decode("utf-8")))
+        except UnicodeDecodeError:
+            continue
+    keys = assign_keys(named)
+    source.execute(f"CREATE TEMP TABLE {USERNAME_KEYS} (rid INTEGER PRIMARY KEY, key TEXT)")
+    source.connection.executemany(
+        f"INSERT INTO {USERNAME_KEYS} (rid, key) VALUES (?, ?)",  # noqa: S608 - fixed name
+        [(rows[position][0], key) for position, key in keys.items() if key is not None],
+    )
+    table.derived["username_key"] = (
+        f"(SELECT key FROM {USERNAME_KEYS} WHERE rid = main.{quote_ident(table.name)}.rowid)"  # noqa: S608 - quoted identifiers only
+    )
 
 
 def _high_water_mark(source: SourceFile, table: str) -> int | None:

@@ -15,6 +15,7 @@ when verifying.
 """
 
 import hashlib
+from collections.abc import Collection
 from typing import cast
 
 from titanium.migrate import timestamps
@@ -70,15 +71,21 @@ def stream_sql(table: SourceTable, exclude_rejected: bool) -> str:
     return f"SELECT {select} FROM main.{quote_ident(table.name)}{where} ORDER BY {order}"  # noqa: S608 - quoted identifiers only
 
 
-def target_sql(spec: TableSpec, ordered: bool = True) -> str:
+def target_sql(spec: TableSpec, ordered: bool = True, as_null: Collection[str] = ()) -> str:
     """The PostgreSQL query whose COPY output must equal the source stream.
 
     Timestamps are printed by PostgreSQL itself (the connection uses the ISO
     DateStyle); the source side writes the same form (timestamps.canonical).
     `ordered=False` relies on the heap order, which is the id order only right
-    after the load (see target.checksum_after_load).
+    after the load (see target.checksum_after_load). Columns in `as_null` are
+    read as NULL: ones the source lacks that the target fills in after the load.
     """
-    selected = ", ".join(quote_ident(column.name) for column in load_columns(spec))
+    selected = ", ".join(
+        f"NULL AS {quote_ident(column.name)}"
+        if column.name in as_null
+        else quote_ident(column.name)
+        for column in load_columns(spec)
+    )
     order = " ORDER BY id" if ordered else ""
     return f"SELECT {selected} FROM {quote_ident(spec.name)}{order}"  # noqa: S608 - quoted identifiers only
 

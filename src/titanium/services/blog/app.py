@@ -11,10 +11,9 @@ from titanium.config import ServiceName, Settings
 from titanium.db.engine import Database
 from titanium.db.revisions import check_schema
 from titanium.db.tables import INTEGER_MAX
-from titanium.errors import Forbidden
 from titanium.security.tokens import TokenVerifier
 from titanium.services.blog.cache import Cached, ChangeListener, DataVersionWatch, ResponseCache
-from titanium.services.blog.repository import DEFAULT_CATEGORY, BlogRepository, PostFilter
+from titanium.services.blog.repository import BlogRepository, CategoryChoice, PostFilter
 from titanium.services.blog.schemas import Category, NewPost, Post, PostChanges, PostSummary
 from titanium.web.accounts import ActiveIdentity
 from titanium.web.client import Downstream, service_pools
@@ -40,19 +39,8 @@ async def _repository(request: Request) -> BlogRepository:
 Blog = Annotated[BlogRepository, Depends(_repository)]
 
 
-async def _category_id(
-    repo: BlogRepository, category_name: str | None, category_id: int | None
-) -> int | None:
-    if category_id is not None:
-        return await repo.existing_category(category_id)
-    if category_name is not None:
-        return await repo.category_for_name(category_name)
-    return None
-
-
-async def _own_post(repo: BlogRepository, post_id: int, username: str) -> None:
-    if await repo.author_of(post_id) != username:
-        raise Forbidden("only the author may change this post")
+def _choice(body: NewPost | PostChanges) -> CategoryChoice:
+    return CategoryChoice(body.category_name, body.category_id)
 
 
 def create_app(
@@ -168,21 +156,18 @@ def _add_api(app: FastAPI) -> None:
         summary="Create a post",
     )
     async def create_post(body: NewPost, identity: ActiveIdentity, repo: Blog) -> dict[str, Any]:
-        category_id = await _category_id(repo, body.category_name, body.category_id)
-        if category_id is None:
-            category_id = await repo.category_for_name(DEFAULT_CATEGORY)
-        return await repo.create_post(identity.username, body.title, body.content, category_id)
+        return await repo.create_post(
+            identity.username, identity.user_id, body.title, body.content, _choice(body)
+        )
 
+    # Ownership is the account id in the token, never the name: a name can be
+    # registered again after its account is deleted (docs/decisions.md 44).
     @app.patch("/blog/api/posts/{post_id}", response_model=Post, summary="Change a post")
     async def update_post(
         post_id: PostIdPath, body: PostChanges, identity: ActiveIdentity, repo: Blog
     ) -> dict[str, Any]:
-        await _own_post(repo, post_id, identity.username)
         changes: dict[str, Any] = body.model_dump(include={"title", "content"}, exclude_none=True)
-        category_id = await _category_id(repo, body.category_name, body.category_id)
-        if category_id is not None:
-            changes["category_id"] = category_id
-        return await repo.update_post(post_id, changes)
+        return await repo.update_post(post_id, identity.user_id, changes, _choice(body))
 
     @app.delete(
         "/blog/api/posts/{post_id}",
@@ -191,8 +176,7 @@ def _add_api(app: FastAPI) -> None:
         summary="Delete a post",
     )
     async def delete_post(post_id: PostIdPath, identity: ActiveIdentity, repo: Blog) -> Response:
-        await _own_post(repo, post_id, identity.username)
-        await repo.delete_post(post_id)
+        await repo.delete_post(post_id, identity.user_id)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     @app.get("/blog/api/categories", response_model=list[Category], summary="List categories")

@@ -5,11 +5,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from titanium.db.engine import Database
+from titanium.db.seed import SEED_CATEGORIES
 from titanium.db.tables import CATEGORY_SLUG_MAX, categories, posts, utc_now
-from titanium.errors import Conflict, InvalidInput, NotFound
+from titanium.errors import Conflict, Forbidden, InvalidInput, NotFound
 
 EXCERPT_LENGTH = 120
 DEFAULT_CATEGORY = "Uncategorized"
@@ -25,6 +27,7 @@ _post_columns = (
     posts.c.id,
     posts.c.title,
     posts.c.author,
+    posts.c.author_id,
     posts.c.created_at,
     posts.c.updated_at,
     *_category_columns,
@@ -68,6 +71,7 @@ def _post(row: Any) -> dict[str, Any]:
         "title": row.title,
         "content": row.content,
         "author": row.author,
+        "author_id": row.author_id,
         "created_at": row.created_at,
         "updated_at": row.updated_at,
         "category": _category(row),
@@ -90,6 +94,118 @@ class PostFilter:
         if self.author is not None:
             query = query.where(posts.c.author == self.author)
         return query
+
+
+@dataclass(frozen=True)
+class CategoryChoice:
+    """The category a write names: by id, by name (created when new), or neither."""
+
+    name: str | None = None
+    category_id: int | None = None
+
+    def check(self) -> None:
+        """Refuse a name without a slug before any transaction starts."""
+        if self.name is not None and not slugify(self.name):
+            raise InvalidInput("must contain a letter or digit", field="category_name")
+
+
+# Never removed when empty: the schema's seed (old clients use ids 1-3) and the
+# default that every post without a category goes to.
+KEPT_SLUGS = (*(row["slug"] for row in SEED_CATEGORIES), slugify(DEFAULT_CATEGORY))
+# How often a write retries taking a category that another transaction was
+# creating or removing at the same moment (each retry sees that one committed).
+CATEGORY_ATTEMPTS = 3
+
+
+async def _resolve(conn: AsyncConnection, choice: CategoryChoice) -> int | None:
+    """The chosen category's id, held for this transaction; None when none was chosen."""
+    if choice.category_id is not None:
+        found = (
+            await conn.execute(
+                sa.select(categories.c.id)
+                .where(categories.c.id == choice.category_id)
+                .with_for_update(read=True, key_share=True)
+            )
+        ).scalar_one_or_none()
+        if found is None:
+            raise InvalidInput("unknown category", field="category_id")
+        return int(found)
+    if choice.name is not None:
+        return await _category_named(conn, choice.name)
+    return None
+
+
+async def _category_named(conn: AsyncConnection, name: str) -> int:
+    """Id of the category with this name (or its slug), created when new.
+
+    The row is locked FOR KEY SHARE until the transaction ends, so a concurrent
+    removal of an emptied category cannot take it away before the post refers to
+    it. A category being removed right now is waited for and then created anew;
+    one being created by another transaction is waited for and then used.
+    (SQLite serialises write transactions, so it needs none of this.)
+    """
+    slug = slugify(name)
+    lookup = (
+        sa.select(categories.c.id)
+        .where(sa.or_(categories.c.name == name, categories.c.slug == slug))
+        .with_for_update(read=True, key_share=True)
+    )
+    for _attempt in range(CATEGORY_ATTEMPTS):
+        found = (await conn.execute(lookup)).scalar()
+        if found is not None:
+            return int(found)
+        try:
+            async with conn.begin_nested():
+                created = await conn.execute(
+                    sa.insert(categories).values(name=name, slug=slug).returning(categories.c.id)
+                )
+                return int(created.scalar_one())
+        except sa_exc.IntegrityError:
+            # Another transaction created it first; the next lookup sees theirs.
+            continue
+    raise Conflict("the category changed concurrently, retry")
+
+
+async def _owned(conn: AsyncConnection, post_id: int, author_id: int) -> Any:
+    """The post's row (locked for this transaction) when `author_id` wrote it."""
+    row = (
+        await conn.execute(
+            sa.select(posts.c.author_id, posts.c.category_id)
+            .where(posts.c.id == post_id)
+            .with_for_update()
+        )
+    ).one_or_none()
+    if row is None:
+        raise NotFound("no such post")
+    # A legacy post no account could be proven to have written belongs to nobody.
+    if row.author_id is None or row.author_id != author_id:
+        raise Forbidden("only the author may change this post")
+    return row
+
+
+async def _remove_if_empty(conn: AsyncConnection, category_id: int | None) -> None:
+    """Delete a category no post uses any more, unless it is one that is always kept.
+
+    A transaction attaching a post to it holds a KEY SHARE lock on its row (from
+    `_category_named`, or the foreign key check itself). SKIP LOCKED then passes
+    over the row instead of waiting: the category is in use, so it stays, and no
+    two writes wait on each other (a post moved from X to Y while another moves
+    from Y to X would otherwise deadlock). Once the lock is taken, the emptiness
+    check runs in a newer snapshot than any attachment committed before it.
+    """
+    if category_id is None:
+        return
+    locked = (
+        await conn.execute(
+            sa.select(categories.c.id)
+            .where(categories.c.id == category_id, categories.c.slug.not_in(KEPT_SLUGS))
+            .with_for_update(skip_locked=True)
+        )
+    ).scalar_one_or_none()
+    if locked is None:
+        return
+    in_use = sa.exists().where(posts.c.category_id == category_id)
+    await conn.execute(sa.delete(categories).where(categories.c.id == category_id, ~in_use))
 
 
 class BlogRepository:
@@ -119,6 +235,7 @@ class BlogRepository:
                 "id": row.id,
                 "title": row.title,
                 "author": row.author,
+                "author_id": row.author_id,
                 "created_at": row.created_at,
                 "updated_at": row.updated_at,
                 "excerpt": excerpt(row.head),
@@ -134,11 +251,15 @@ class BlogRepository:
             return await self._get(conn, post_id)
 
     async def create_post(
-        self, author: str, title: str, content: str, category_id: int | None
+        self, author: str, author_id: int, title: str, content: str, category: CategoryChoice
     ) -> dict[str, Any]:
-        """Insert a post and return it as stored."""
+        """Insert a post (in the default category when none is chosen) and return it as stored."""
+        category.check()
         now = utc_now()
         async with self.db.write() as conn:
+            category_id = await _resolve(conn, category)
+            if category_id is None:
+                category_id = await _category_named(conn, DEFAULT_CATEGORY)
             post_id = (
                 await conn.execute(
                     sa.insert(posts)
@@ -146,6 +267,7 @@ class BlogRepository:
                         title=title,
                         content=content,
                         author=author,
+                        author_id=author_id,
                         category_id=category_id,
                         created_at=now,
                         updated_at=now,
@@ -155,35 +277,40 @@ class BlogRepository:
             ).scalar_one()
             return await self._get(conn, post_id)
 
-    async def author_of(self, post_id: int) -> str:
-        """The author of a post; NotFound when there is none."""
-        async with self.db.read() as conn:
-            author = (
-                await conn.execute(sa.select(posts.c.author).where(posts.c.id == post_id))
-            ).scalar_one_or_none()
-        if author is None:
-            raise NotFound("no such post")
-        return str(author)
+    async def update_post(
+        self, post_id: int, author_id: int, changes: dict[str, Any], category: CategoryChoice
+    ) -> dict[str, Any]:
+        """Apply column changes (and a new updated_at) to the caller's post; return it.
 
-    async def update_post(self, post_id: int, changes: dict[str, Any]) -> dict[str, Any]:
-        """Apply column changes (and a new updated_at) to a post; return it."""
+        NotFound without the post, Forbidden when `author_id` did not write it. A
+        category the post leaves is removed in the same transaction when it is empty.
+        """
         async with self.db.write() as conn:
-            if changes:
-                result = await conn.execute(
+            before = await _owned(conn, post_id, author_id)
+            category.check()
+            values = dict(changes)
+            category_id = await _resolve(conn, category)
+            if category_id is not None:
+                values["category_id"] = category_id
+            if values:
+                await conn.execute(
                     sa.update(posts)
                     .where(posts.c.id == post_id)
-                    .values(**changes, updated_at=utc_now())
+                    .values(**values, updated_at=utc_now())
                 )
-                if result.rowcount == 0:
-                    raise NotFound("no such post")
+            if category_id is not None and category_id != before.category_id:
+                await _remove_if_empty(conn, before.category_id)
             return await self._get(conn, post_id)
 
-    async def delete_post(self, post_id: int) -> None:
-        """Delete a post; NotFound when there is none."""
+    async def delete_post(self, post_id: int, author_id: int) -> None:
+        """Delete the caller's post, and its category when that is left empty.
+
+        NotFound without the post, Forbidden when `author_id` did not write it.
+        """
         async with self.db.write() as conn:
-            result = await conn.execute(sa.delete(posts).where(posts.c.id == post_id))
-        if result.rowcount == 0:
-            raise NotFound("no such post")
+            before = await _owned(conn, post_id, author_id)
+            await conn.execute(sa.delete(posts).where(posts.c.id == post_id))
+            await _remove_if_empty(conn, before.category_id)
 
     async def list_categories(self) -> list[dict[str, Any]]:
         """Every category with its number of posts."""
@@ -195,44 +322,6 @@ class BlogRepository:
         )
         async with self.db.read() as conn:
             return [dict(row._mapping) for row in (await conn.execute(query)).all()]
-
-    async def existing_category(self, category_id: int) -> int:
-        """Check a category id exists; InvalidInput (422) when it does not."""
-        async with self.db.read() as conn:
-            found = (
-                await conn.execute(sa.select(categories.c.id).where(categories.c.id == category_id))
-            ).scalar_one_or_none()
-        if found is None:
-            raise InvalidInput("unknown category", field="category_id")
-        return category_id
-
-    async def category_for_name(self, name: str) -> int:
-        """Id of the category with this name (or its slug), created when new."""
-        slug = slugify(name)
-        if not slug:
-            raise InvalidInput("must contain a letter or digit", field="category_name")
-        lookup = sa.select(categories.c.id).where(
-            sa.or_(categories.c.name == name, categories.c.slug == slug)
-        )
-        async with self.db.read() as conn:
-            found = (await conn.execute(lookup)).scalar()
-        if found is not None:
-            return int(found)
-        try:
-            async with self.db.write() as conn:
-                return int(
-                    (
-                        await conn.execute(
-                            sa.insert(categories)
-                            .values(name=name, slug=slug)
-                            .returning(categories.c.id)
-                        )
-                    ).scalar_one()
-                )
-        except Conflict:
-            # Another request created it first; use theirs.
-            async with self.db.read() as conn:
-                return int((await conn.execute(lookup)).scalar_one())
 
     async def count(self) -> dict[str, int]:
         """Numbers of posts and categories."""

@@ -60,6 +60,7 @@ class PostSummary(BaseModel):
     id: int
     title: str
     author: str
+    author_id: int | None = Field(description="The account that wrote it; null when unowned")
     created_at: UtcDatetime | None
     updated_at: UtcDatetime | None
     excerpt: str
@@ -73,6 +74,7 @@ class Post(BaseModel):
     title: str
     content: str
     author: str
+    author_id: int | None = Field(description="The account that wrote it; null when unowned")
     created_at: UtcDatetime | None
     updated_at: UtcDatetime | None
     category: CategoryRef | None

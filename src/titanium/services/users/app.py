@@ -18,6 +18,7 @@ from titanium.errors import Forbidden, NotFound, Unauthorized
 from titanium.security import passwords
 from titanium.security.ratelimit import Budget, LoginThrottle, Throttle
 from titanium.security.tokens import TokenVerifier
+from titanium.security.usernames import key_or_none
 from titanium.services.users.repository import User, UserRepository
 from titanium.services.users.schemas import (
     OwnProfile,
@@ -274,5 +275,8 @@ def _add_routes(app: FastAPI) -> None:
 
 
 def throttle_account(username: str) -> str:
-    """The account a login names, as the throttle counts it: look-alike spellings are one."""
-    return username.casefold()
+    """The account a login names, as the throttle counts it: look-alike spellings are one.
+
+    A name the username policy refuses still counts, under its own spelling.
+    """
+    return key_or_none(username) or username

@@ -1,11 +1,13 @@
 """Request and response bodies of user-service."""
 
+import unicodedata
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
 
 from titanium.contracts import PASSWORD_MAX
 from titanium.db.tables import EMAIL_MAX, USERNAME_MAX
+from titanium.security.usernames import BadUsername, username_key
 from titanium.web.schemas import NoNul, UtcDatetime
 
 PASSWORD_MIN = 8
@@ -13,9 +15,18 @@ RESERVED_USERNAMES = {"me"}
 
 
 def _allowed_username(value: str) -> str:
-    if value.lower() in RESERVED_USERNAMES:
+    """The display spelling to store (NFC of what was typed), if the policy accepts it."""
+    try:
+        key = username_key(value)
+    except BadUsername as exc:
+        raise ValueError(exc.message) from None
+    if key in RESERVED_USERNAMES:
         raise ValueError("this username is reserved")
-    return value
+    display = unicodedata.normalize("NFC", value)
+    # NFC can lengthen a few characters (composition exclusions such as U+0958).
+    if len(display) > USERNAME_MAX:
+        raise ValueError(f"username is longer than {USERNAME_MAX} characters once normalised")
+    return display
 
 
 Username = Annotated[

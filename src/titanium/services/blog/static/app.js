@@ -42,7 +42,7 @@
     return add(document.createDocumentFragment(), children);
   }
 
-  // ---- Session: the token lives in localStorage, the username comes from its claims
+  // ---- Session: the token lives in localStorage, the account id and username come from its claims
 
   function readClaims(token) {
     try {
@@ -72,7 +72,9 @@
         this.clear();
         return null;
       }
-      return { token, username: claims.username };
+      // `sub` is the account id: what owns a post (post.author_id), where the name
+      // only labels it (a deleted account's name can be registered again).
+      return { token, username: claims.username, userId: Number(claims.sub) };
     },
     save(token) {
       localStorage.setItem(TOKEN_KEY, token);
@@ -85,6 +87,11 @@
       }
     },
   };
+
+  // A post without author_id (a legacy one no account was proven to have written) is nobody's.
+  function ownedBy(post, me) {
+    return me !== null && typeof post.author_id === "number" && post.author_id === me.userId;
+  }
 
   // ---- API ----------------------------------------------------------------
 
@@ -546,7 +553,7 @@
     const [{ data: post }, categories] = await Promise.all([api(`/blog/api/posts/${id}`), categoryList()]);
     document.title = `${post.title} · Titanium blog`;
     const me = session.current();
-    const own = me !== null && me.username === post.author;
+    const own = ownedBy(post, me);
     const edited = post.updated_at && post.created_at && post.updated_at.slice(0, 19) !== post.created_at.slice(0, 19);
     return h(
       "article",
@@ -746,7 +753,7 @@
     const me = session.current();
     if (!me) return loginFirst();
     const [{ data: post }, categories] = await Promise.all([api(`/blog/api/posts/${match[1]}`), categoryList()]);
-    if (post.author !== me.username) {
+    if (!ownedBy(post, me)) {
       return h("section", { class: "panel error", "data-kind": "forbidden" }, h("h1", {}, "Not your post"), h("p", {}, "Only its author can edit this post. ", h("a", { href: `/blog/posts/${post.id}` }, "Back to the post")));
     }
     return editor(post, categories);
