@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TOOLS := .venv-tools
 CHECKOV_VERSION := 3.3.30
 
-.PHONY: install install-test install-tools system-packages run prometheus test test-fast screenshots lint bench bench-migrate dashboard-png clean
+.PHONY: install install-test install-tools system-packages run prometheus test test-fast screenshots lint bench bench-failover bench-migrate dashboard-png clean
 
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
@@ -58,13 +58,16 @@ prometheus: install
 # The Debian packages the tests drive, installed when missing (as root, as CI
 # runs): Chromium for the UI tests (Playwright's own browser download cannot run
 # here), age-keygen for the sealed secrets, Prometheus, promtool and
-# postgres_exporter for the monitoring tests.
+# postgres_exporter for the monitoring tests, Patroni and etcd for the HA
+# PostgreSQL cluster of tests/support/patroni.py.
 system-packages:
 	@missing=""; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium fonts-nanum"; \
 	[ -x /usr/bin/age-keygen ] || missing="$$missing age"; \
 	[ -x /usr/bin/prometheus ] || missing="$$missing prometheus"; \
 	[ -x /usr/bin/prometheus-postgres-exporter ] || missing="$$missing prometheus-postgres-exporter"; \
+	[ -x /usr/bin/patroni ] || missing="$$missing patroni"; \
+	[ -x /usr/bin/etcd ] || missing="$$missing etcd-server"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
@@ -101,6 +104,11 @@ bench: install-test
 	command -v wrk >/dev/null || apt-get install -y wrk
 	$(BIN)/python bench/http_bench.py
 	$(BIN)/python bench/ui_paint.py
+
+# etcd + three PostgreSQL nodes under Patroni, the services on all three, 20
+# writers through the gateway: a primary crash, a switchover, a replica crash.
+bench-failover: install-test system-packages
+	$(BIN)/python bench/failover.py
 
 # Generates ~2.6 GB of SQLite under var/bench (kept for re-runs); needs pgloader.
 bench-migrate: install-test

@@ -112,3 +112,20 @@ def test_trusted_proxies_are_networks_and_a_typo_is_one_line(
         with pytest.raises(ConfigError, match="TRUSTED_PROXIES") as refused:
             load_settings()
         assert "\n" not in str(refused.value)
+
+
+def test_postgres_host_may_list_servers_with_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("USE_POSTGRES", "true")
+    monkeypatch.setenv("POSTGRES_USER", "titanium")
+    monkeypatch.setenv("POSTGRES_PASSWORD", "pw")
+    monkeypatch.setenv("POSTGRES_PORT", "6432")
+    monkeypatch.setenv("POSTGRES_HOST", "db-a:5432, db-b ,[fd00::7]:5433")
+    settings = load_settings()
+    assert settings.postgres_servers == (("db-a", 5432), ("db-b", 6432), ("fd00::7", 5433))
+    assert settings.postgres_address == "db-a:5432,db-b:6432,[fd00::7]:5433"
+    assert settings.database_url("users").host == "db-a"
+    for wrong, says in (("db-a,", "''"), ("db-a:0", "port"), ("db a", "'db a'")):
+        monkeypatch.setenv("POSTGRES_HOST", wrong)
+        with pytest.raises(ConfigError, match=f"POSTGRES_HOST entry .*{says}") as refused:
+            load_settings()
+        assert "\n" not in str(refused.value)

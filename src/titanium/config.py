@@ -89,6 +89,31 @@ def _origin_list(value: object) -> object:
 Origins = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_origin_list)]
 
 
+def postgres_hosts(value: str, default_port: int) -> tuple[tuple[str, int], ...]:
+    """POSTGRES_HOST as (host, port) pairs: `host`, `host:port` or `[v6]:port`, comma-separated."""
+    hosts = []
+    for entry in (part.strip() for part in value.split(",")):
+        host, port = entry, default_port
+        if entry.startswith("["):
+            host, _, rest = entry[1:].partition("]")
+            if rest:
+                port = _entry_port(entry, rest)
+        elif entry.count(":") == 1:
+            host, _, rest = entry.partition(":")
+            port = _entry_port(entry, ":" + rest)
+        if not host or not _is_host(host.lower()):
+            raise ValueError(f"POSTGRES_HOST entry {entry!r} is not host, host:port or [v6]:port")
+        hosts.append((host, port))
+    return tuple(hosts)
+
+
+def _entry_port(entry: str, rest: str) -> int:
+    digits = rest.removeprefix(":")
+    if not rest.startswith(":") or not digits.isdigit() or not 1 <= int(digits) <= 65535:
+        raise ValueError(f"POSTGRES_HOST entry {entry!r} has no valid port (1-65535)")
+    return int(digits)
+
+
 def _network_list(value: object) -> object:
     if isinstance(value, str):
         value = value.split(",")
@@ -133,6 +158,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
     use_postgres: StrictBool = False
+    # One server, or several (`a:5432,b:5432,c:5432`): the services then use the
+    # one that accepts writes (db/engine.py), as libpq's target_session_attrs does.
     postgres_host: str = "postgresql-service"
     postgres_port: Port = 5432
     postgres_db: str = "titanium"
@@ -204,6 +231,7 @@ class Settings(BaseSettings):
                 raise ValueError("POSTGRES_USER is required when USE_POSTGRES=true")
             if self.postgres_password is None or not self.postgres_password.get_secret_value():
                 raise ValueError("POSTGRES_PASSWORD is required when USE_POSTGRES=true")
+        postgres_hosts(self.postgres_host, self.postgres_port)  # refuses a malformed list
         for name in (field for field in type(self).model_fields if field.endswith("_service_url")):
             url = getattr(self, name)
             if not url.startswith(("http://", "https://")):
@@ -219,6 +247,19 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def postgres_servers(self) -> tuple[tuple[str, int], ...]:
+        """The PostgreSQL servers to try, in order, as (host, port)."""
+        return postgres_hosts(self.postgres_host, self.postgres_port)
+
+    @property
+    def postgres_address(self) -> str:
+        """host:port[,host:port...] for messages."""
+        return ",".join(
+            f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            for host, port in self.postgres_servers
+        )
+
+    @property
     def backend(self) -> str:
         """`postgresql` or `sqlite`: what the data-owning services will use."""
         return "postgresql" if self.use_postgres else "sqlite"
@@ -231,12 +272,15 @@ class Settings(BaseSettings):
         """SQLAlchemy URL of the service's database for the selected backend."""
         if self.use_postgres:
             assert self.postgres_password is not None  # guaranteed by the validator
+            # The first server only names the dialect and the database: connections
+            # are made by db/engine.py connect_postgres, which tries every server.
+            host, port = self.postgres_servers[0]
             return URL.create(
                 "postgresql+asyncpg",
                 username=self.postgres_user,
                 password=self.postgres_password.get_secret_value(),
-                host=self.postgres_host,
-                port=self.postgres_port,
+                host=host,
+                port=port,
                 database=self.postgres_db,
             )
         return URL.create("sqlite+aiosqlite", database=str(self.sqlite_path(service)))

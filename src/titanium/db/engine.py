@@ -77,16 +77,19 @@ def create_engine(
         )
         _configure_sqlite(engine, settings, role)
         return engine
-    engine = create_async_engine(
-        url,
-        connect_args={
-            "timeout": settings.db_connect_timeout_seconds,
-            "command_timeout": settings.db_statement_timeout_seconds,
-            "server_settings": {"application_name": f"titanium-{service}"},
-        },
-        **pool,
-    )
+
+    async def connect() -> asyncpg.Connection:
+        return await connect_postgres(
+            settings,
+            f"titanium-{service}",
+            command_timeout=settings.db_statement_timeout_seconds,
+        )
+
+    # Our own connect, not the dialect's: it tries each server of POSTGRES_HOST
+    # with a timeout of its own and keeps only the one that accepts writes.
+    engine = create_async_engine(url, async_creator=connect, **pool)
     _discard_closed_connections(engine)
+    _discard_demoted_connections(engine)
     return engine
 
 
@@ -110,6 +113,22 @@ def _discard_closed_connections(engine: AsyncEngine) -> None:
     def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
         if dbapi_connection.driver_connection.is_closed():
             raise sa_exc.DisconnectionError("connection closed by the server")
+
+
+# Errors after which a pooled connection must never be used again: the server
+# became read-only (a demoted primary still answers SELECT 1, so only a write
+# finds out), or it is shutting down, crashed, or not yet accepting connections.
+_DISCONNECT_SQLSTATES = frozenset({"25006", "57P01", "57P02", "57P03"})
+
+
+def _discard_demoted_connections(engine: AsyncEngine) -> None:
+    # Marked as a disconnect, SQLAlchemy drops the connection and every other
+    # one the pool made before it (they went to the same server), so the next
+    # checkouts connect afresh, to whichever server accepts writes now.
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _on_error(context: Any) -> None:
+        if getattr(context.original_exception, "sqlstate", None) in _DISCONNECT_SQLSTATES:
+            context.is_disconnect = True
 
 
 def _configure_sqlite(engine: AsyncEngine, settings: Settings, role: str) -> None:
@@ -171,8 +190,9 @@ async def translate_errors() -> AsyncIterator[None]:
 
 
 # SQLSTATE classes that mean "the server cannot serve you now", not "your query is wrong":
-# connection exception, insufficient resources, operator intervention (shutdown, starting up).
-_UNAVAILABLE_SQLSTATES = ("08", "53", "57P")
+# connection exception, insufficient resources, operator intervention (shutdown, starting
+# up), and a read-only transaction (the server was a primary and is a standby now).
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57P", "25006")
 
 
 def _sqlstate(exc: sa_exc.DBAPIError) -> str | None:
@@ -199,23 +219,65 @@ def _is_unavailability(exc: sa_exc.DBAPIError) -> bool:
     return sqlstate is not None and sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
 
 
-async def connect_postgres(
-    settings: Settings, application_name: str, **server_settings: str
-) -> asyncpg.Connection:
-    """A plain asyncpg connection to the configured PostgreSQL, outside any pool.
+# Errors of one server that the next server may not share: it is down, slow,
+# starting up or shutting down, or read-only. Anything else (a wrong password,
+# a missing database) is the same everywhere and is raised at once.
+_TRY_NEXT_SERVER = (
+    OSError,
+    TimeoutError,
+    asyncpg.TargetServerAttributeNotMatched,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.ConnectionDoesNotExistError,
+)
+# The server that last accepted a connection, per database and POSTGRES_HOST list:
+# tried first next time.
+_preferred: dict[tuple[str, tuple[tuple[str, int], ...]], int] = {}
 
-    For what a pooled SQLAlchemy connection cannot do: LISTEN, COPY, diagnosis.
+
+async def connect_postgres(
+    settings: Settings,
+    application_name: str,
+    *,
+    command_timeout: float | None = None,
+    **server_settings: str,
+) -> asyncpg.Connection:
+    """An asyncpg connection to the configured PostgreSQL that accepts writes.
+
+    POSTGRES_HOST may list several servers; each is tried in turn (the last one
+    that worked first) with DB_CONNECT_TIMEOUT_SECONDS of its own, so one
+    black-holed server cannot use up the others' time (asyncpg's own multi-host
+    connect shares one timeout), and a standby is passed over as libpq's
+    target_session_attrs=read-write does. ConnectionError when none accepts
+    writes. The pools connect through here; so does what a pooled SQLAlchemy
+    connection cannot do: LISTEN, COPY, diagnosis.
     """
     password = settings.postgres_password.get_secret_value() if settings.postgres_password else ""
-    return await asyncpg.connect(
-        host=settings.postgres_host,
-        port=settings.postgres_port,
-        user=settings.postgres_user,
-        password=password or None,
-        database=settings.postgres_db,
-        timeout=settings.db_connect_timeout_seconds,
-        server_settings={"application_name": application_name, **server_settings},
-    )
+    servers = settings.postgres_servers
+    where = (settings.postgres_db, servers)
+    start = _preferred.get(where, 0)
+    failures = []
+    for index in [*range(start, len(servers)), *range(start)]:
+        host, port = servers[index]
+        try:
+            conn = await asyncpg.connect(
+                host=host,
+                port=port,
+                user=settings.postgres_user,
+                password=password or None,
+                database=settings.postgres_db,
+                timeout=settings.db_connect_timeout_seconds,
+                command_timeout=command_timeout,
+                target_session_attrs="read-write",
+                server_settings={"application_name": application_name, **server_settings},
+            )
+        except _TRY_NEXT_SERVER as exc:
+            failures.append(f"{host}:{port}: {exc!r}")
+            continue
+        _preferred[where] = index
+        return conn
+    raise ConnectionError(f"no PostgreSQL server accepts writes ({'; '.join(failures)})")
 
 
 class FairGate:

@@ -35,7 +35,7 @@ class Target:
     def display(self) -> str:
         """postgresql://user@host:port/db, without the password."""
         s = self.settings
-        return f"postgresql://{s.postgres_user}@{s.postgres_host}:{s.postgres_port}/{s.postgres_db}"
+        return f"postgresql://{s.postgres_user}@{s.postgres_address}/{s.postgres_db}"
 
     async def connect(self) -> asyncpg.Connection:
         """Open a connection, translating failures into TargetError."""

@@ -66,10 +66,8 @@ def config_checks(environ: dict[str, str]) -> tuple[Settings | None, list[Check]
     return settings, checks
 
 
-async def postgres_checks(settings: Settings) -> list[Check]:
-    """From name resolution to a write probe; stops at the first failure the rest needs."""
-    host, port, group = settings.postgres_host, settings.postgres_port, "postgresql"
-    checks: list[Check] = []
+async def _reach(group: str, host: str, port: int) -> list[Check]:
+    """Name resolution and a TCP connection to one server."""
     try:
         addresses = await asyncio.get_running_loop().getaddrinfo(
             host, port, type=socket.SOCK_STREAM
@@ -83,7 +81,7 @@ async def postgres_checks(settings: Settings) -> list[Check]:
                 "(outside the cluster, kubectl port-forward svc/postgresql-service 5432)",
             )
         ]  # fmt: skip
-    checks.append(Check(group, "dns", Status.PASS, f"{host} -> {addresses[0][4][0]}"))
+    checks = [Check(group, "dns", Status.PASS, f"{host} -> {addresses[0][4][0]}")]
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 3)
         writer.close()
@@ -96,6 +94,22 @@ async def postgres_checks(settings: Settings) -> list[Check]:
         )  # fmt: skip
         return checks
     checks.append(Check(group, "tcp", Status.PASS, f"{host}:{port} accepts connections"))
+    return checks
+
+
+async def postgres_checks(settings: Settings) -> list[Check]:
+    """From name resolution to a write probe; stops at the first failure the rest needs."""
+    group = "postgresql"
+    checks: list[Check] = []
+    reachable = 0
+    # Each server of POSTGRES_HOST (one, or the members of an HA cluster): one of
+    # them answering is enough for the services, which pick the writable one.
+    for host, port in settings.postgres_servers:
+        found = await _reach(group, host, port)
+        checks.extend(found)
+        reachable += all(check.status is Status.PASS for check in found)
+    if not reachable:
+        return checks
     try:
         conn = await connect_postgres(settings, "titanium-doctor")
     except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:

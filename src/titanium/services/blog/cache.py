@@ -132,12 +132,17 @@ class ResponseCache:
         self.live = live
 
 
+class ServerDemoted(Exception):
+    """The server the listener is connected to no longer accepts writes."""
+
+
 class ChangeListener:
     """Holds the LISTEN connection; the cache is live only while it is healthy."""
 
     def __init__(self, settings: Settings, cache: ResponseCache) -> None:
         self.settings = settings
         self.cache = cache
+        self.connection: asyncpg.Connection | None = None  # while listening
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -156,13 +161,19 @@ class ChangeListener:
         while True:
             try:
                 await self._listen()
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (
+                OSError,
+                TimeoutError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                ServerDemoted,
+            ) as exc:
                 log.warning("cache listener lost (%r); cache off until it is back", exc)
             self.cache.set_live(False)
             await asyncio.sleep(1)
 
     async def _listen(self) -> None:
-        conn = await connect_postgres(self.settings, "titanium-blog-listener")
+        conn = self.connection = await connect_postgres(self.settings, "titanium-blog-listener")
         try:
             # A closed connection turns the cache off at once; one that silently
             # hangs is caught by the health query below, within two intervals.
@@ -172,10 +183,19 @@ class ChangeListener:
             while True:
                 await asyncio.sleep(HEALTH_INTERVAL_SECONDS)
                 # A frozen or partitioned server sends no notifications either:
-                # only a connection that answers keeps the cache on.
-                await conn.execute("SELECT 1", timeout=HEALTH_INTERVAL_SECONDS)
+                # only a connection that answers keeps the cache on. Nor does a
+                # primary demoted under our feet (NOTIFY is not replicated): the
+                # writes happen elsewhere now, so listen there.
+                # (`transaction_read_only` is on in a standby, and wherever
+                # default_transaction_read_only was turned on.)
+                state = await conn.fetchval(
+                    "SHOW transaction_read_only", timeout=HEALTH_INTERVAL_SECONDS
+                )
+                if state == "on":
+                    raise ServerDemoted("the listener's server no longer accepts writes")
         finally:
             self.cache.set_live(False)
+            self.connection = None
             # terminate(), not close(): a frozen server would never answer a goodbye.
             conn.terminate()
 
