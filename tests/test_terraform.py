@@ -456,6 +456,13 @@ def container(statefulset: dict[str, Any]) -> dict[str, Any]:
     return one(spec["container"])
 
 
+def ha_branches(expression: str) -> tuple[str, str]:
+    """(with, without) database_ha of a `var.database_ha ? A : B` expression."""
+    match = re.fullmatch(r"\$\{var\.database_ha \? (.+) : (.+)\}", expression)
+    assert match, f"not a database_ha choice: {expression}"
+    return match[1], match[2]
+
+
 def test_names_match_the_application_contract() -> None:
     environment = load_config(ENVIRONMENT)
     namespace = resolve(environment.modules["kubernetes"]["namespace"], environment)
@@ -467,11 +474,15 @@ def test_names_match_the_application_contract() -> None:
     assert SERVICE in services, f"no Service named {SERVICE}: {sorted(services)}"
     ports = [resolve(p["port"], db) for p in one(services[SERVICE]["spec"])["port"]]
     assert ports == [PORT]
-    assert db.outputs["host"]["value"].startswith("${kubernetes_service_v1.postgresql.")
+    # Without database_ha (the default) the host is that Service; with it, the
+    # Cluster's primary (tests/test_database_ha.py).
+    _, single = ha_branches(db.outputs["host"]["value"])
+    assert single.startswith("kubernetes_service_v1.postgresql[0]."), single
     assert resolve(db.outputs["port"]["value"], db) == PORT
     assert resolve(db.outputs["database"]["value"], db) == DATABASE
 
-    secret = one(list(named(db, "kubernetes_secret_v1").values()))
+    secret = db.resources["kubernetes_secret_v1.credentials"]
+    assert resolve(one(secret["metadata"])["name"], db) in named(db, "kubernetes_secret_v1")
     assert SECRET_KEYS | {"POSTGRES_DB"} <= set(secret["data"])
     assert resolve(secret["data"]["POSTGRES_DB"], db) == DATABASE
     secret_refs = {

@@ -44,8 +44,13 @@ output "postgres_secret_name" {
 }
 
 output "postgres_pod" {
-  description = "PostgreSQL pod name, for kubectl exec."
+  description = "PostgreSQL pod name, for kubectl exec (null with database_ha: the primary moves)."
   value       = module.database.pod_name
+}
+
+output "postgres_cluster" {
+  description = "CloudNativePG Cluster name with database_ha, else null."
+  value       = module.database.cluster_name
 }
 
 output "app_config" {

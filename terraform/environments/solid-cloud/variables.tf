@@ -95,3 +95,9 @@ variable "postgres_password" {
   description = "Password of postgres_user; at least 16 characters."
   sensitive   = true
 }
+
+variable "database_ha" {
+  type        = bool
+  description = "PostgreSQL as the three-instance CloudNativePG Cluster (k8s/components/database-ha, enabled in the overlay at the same time) instead of the single StatefulSet. Needs the CloudNativePG operator; the services then log in as titanium with postgres_password."
+  default     = false
+}

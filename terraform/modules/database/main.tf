@@ -9,6 +9,14 @@ locals {
   database      = "titanium"
   port          = 5432
 
+  # database_ha: the CloudNativePG Cluster of k8s/components/database-ha
+  # replaces the StatefulSet. Its name, its primary's Service (the operator
+  # makes <name>-rw) and the app database's owner are that component's; the
+  # tests check that both sides agree.
+  ha_cluster_name = "titanium-db"
+  ha_service_name = "${local.ha_cluster_name}-rw"
+  ha_owner        = "titanium"
+
   # The volume is mounted one level above PGDATA: initdb wants an empty
   # directory it owns, and a fresh volume's root may hold lost+found or belong
   # to root.
@@ -36,6 +44,8 @@ locals {
 # Read by the StatefulSet only. The services read their credentials from
 # titanium-secrets, which Kustomize owns; Terraform must never manage it too.
 resource "kubernetes_secret_v1" "credentials" {
+  count = var.database_ha ? 0 : 1
+
   metadata {
     name      = local.secret_name
     namespace = var.namespace
@@ -53,6 +63,8 @@ resource "kubernetes_secret_v1" "credentials" {
 # The address the services connect to: a stable virtual IP, so a restarted
 # pod with a new IP does not break clients that cached the DNS answer.
 resource "kubernetes_service_v1" "postgresql" {
+  count = var.database_ha ? 0 : 1
+
   metadata {
     name      = local.service_name
     namespace = var.namespace
@@ -74,6 +86,8 @@ resource "kubernetes_service_v1" "postgresql" {
 
 # Governing Service of the StatefulSet: gives postgresql-0 its stable DNS name.
 resource "kubernetes_service_v1" "headless" {
+  count = var.database_ha ? 0 : 1
+
   metadata {
     name      = local.headless_name
     namespace = var.namespace
@@ -95,6 +109,8 @@ resource "kubernetes_service_v1" "headless" {
 }
 
 resource "kubernetes_stateful_set_v1" "postgresql" {
+  count = var.database_ha ? 0 : 1
+
   metadata {
     name      = local.name
     namespace = var.namespace
@@ -105,7 +121,7 @@ resource "kubernetes_stateful_set_v1" "postgresql" {
     # A single primary; PostgreSQL replicas are not interchangeable, so
     # scaling this number up would start independent, empty databases.
     replicas     = 1
-    service_name = kubernetes_service_v1.headless.metadata[0].name
+    service_name = kubernetes_service_v1.headless[0].metadata[0].name
 
     selector {
       match_labels = local.selector
@@ -163,7 +179,7 @@ resource "kubernetes_stateful_set_v1" "postgresql" {
             name = "POSTGRES_USER"
             value_from {
               secret_key_ref {
-                name = kubernetes_secret_v1.credentials.metadata[0].name
+                name = kubernetes_secret_v1.credentials[0].metadata[0].name
                 key  = "POSTGRES_USER"
               }
             }
@@ -173,7 +189,7 @@ resource "kubernetes_stateful_set_v1" "postgresql" {
             name = "POSTGRES_PASSWORD"
             value_from {
               secret_key_ref {
-                name = kubernetes_secret_v1.credentials.metadata[0].name
+                name = kubernetes_secret_v1.credentials[0].metadata[0].name
                 key  = "POSTGRES_PASSWORD"
               }
             }
@@ -183,7 +199,7 @@ resource "kubernetes_stateful_set_v1" "postgresql" {
             name = "POSTGRES_DB"
             value_from {
               secret_key_ref {
-                name = kubernetes_secret_v1.credentials.metadata[0].name
+                name = kubernetes_secret_v1.credentials[0].metadata[0].name
                 key  = "POSTGRES_DB"
               }
             }
@@ -317,6 +333,8 @@ resource "kubernetes_stateful_set_v1" "postgresql" {
 # Only pods in the same namespace (the services, the migration job) may open
 # connections to the database.
 resource "kubernetes_network_policy_v1" "postgresql" {
+  count = var.database_ha ? 0 : 1
+
   metadata {
     name      = "${local.name}-ingress"
     namespace = var.namespace

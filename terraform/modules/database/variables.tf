@@ -94,3 +94,9 @@ variable "client_app_names" {
     error_message = "At least one client must be allowed, or nothing can use the database."
   }
 }
+
+variable "database_ha" {
+  type        = bool
+  description = "PostgreSQL as the three-instance CloudNativePG Cluster of k8s/components/database-ha instead of the single StatefulSet: creates no StatefulSet, Services or NetworkPolicy, and makes postgresql-credentials the Cluster's basic-auth Secret. Enable that component in the overlay at the same time; the operator must be installed (k8s/README.md)."
+  default     = false
+}

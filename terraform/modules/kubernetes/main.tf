@@ -26,7 +26,7 @@ resource "kubernetes_resource_quota_v1" "app" {
   }
 
   spec {
-    hard = var.resource_quota
+    hard = merge(var.resource_quota, var.resource_quota_overrides)
   }
 }
 

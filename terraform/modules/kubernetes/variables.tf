@@ -39,6 +39,12 @@ variable "resource_quota" {
   }
 }
 
+variable "resource_quota_overrides" {
+  type        = map(string)
+  description = "Keys of resource_quota to replace, e.g. the larger limits the three instances of database_ha need; empty keeps resource_quota as it is."
+  default     = {}
+}
+
 variable "container_defaults" {
   type = object({
     request_cpu    = string
