@@ -12,8 +12,14 @@ machine's speed, which drifts on a shared VM by a third within minutes, affects
 both sides alike. Requests/s and percentiles are over all requests of all slices
 (wrk's full latency histograms are merged).
 
+A run ends with writes alone: authenticated post creations through the gateway
+(every 201 counted against the posts table afterwards). `--cache off` runs all of it
+with blog-service's response cache off (BLOG_CACHE_ENTRIES=0): the database path
+every cache miss takes.
+
     make bench                      # both backends, 30 s per run
     .venv/bin/python bench/http_bench.py --duration 10 --backend sqlite
+    .venv/bin/python bench/http_bench.py --cache off --posts 2000
 """
 
 import argparse
@@ -60,8 +66,8 @@ WARM_UP_SECONDS, SLICES = 3, 3
 HERE = Path(__file__).parent
 
 
-async def seed(settings: Settings, gateway: str) -> tuple[str, int]:
-    """100 users through the API, 10,000 posts in bulk; returns a token and the max id."""
+async def seed(settings: Settings, gateway: str, count: int = POSTS) -> tuple[str, int]:
+    """100 users through the API, `count` posts in bulk; returns a token and the max id."""
     names = [f"bench_{i:03d}_{uuid.uuid4().hex[:6]}" for i in range(USERS)]
     async with httpx.AsyncClient(base_url=gateway, timeout=60) as client:
         for name in names:
@@ -84,7 +90,7 @@ async def seed(settings: Settings, gateway: str) -> tuple[str, int]:
             "updated_at": start + timedelta(seconds=i * 37),
             "category_id": 1 + i % 3,
         }
-        for i in range(POSTS)
+        for i in range(count)
     ]
     db = Database(settings, "blog")
     try:
@@ -158,7 +164,24 @@ def peak_rss_mb(stack: Stack) -> dict[str, float]:
     return peaks
 
 
-def run_backend(backend: str, duration: int, workdir: Path) -> dict[str, Any]:
+def count_posts(settings: Settings) -> int:
+    """Rows in posts now."""
+
+    async def go() -> int:
+        db = Database(settings, "blog")
+        try:
+            async with db.read() as conn:
+                query = sa.select(sa.func.count()).select_from(posts)
+                return int((await conn.execute(query)).scalar_one())
+        finally:
+            await db.dispose()
+
+    return asyncio.run(go())
+
+
+def run_backend(
+    backend: str, duration: int, workdir: Path, *, cache: bool = True, post_count: int = POSTS
+) -> dict[str, Any]:
     private, public = generate_key_pair(workdir / "keys")
     env = {
         "JWT_PRIVATE_KEY_FILE": str(private),
@@ -167,6 +190,8 @@ def run_backend(backend: str, duration: int, workdir: Path) -> dict[str, Any]:
         # The seed registers USERS accounts from one client, past the per-client limit.
         "REGISTRATION_MAX_PER_CLIENT": str(USERS),
     }
+    if not cache:
+        env["BLOG_CACHE_ENTRIES"] = "0"
     database = None
     if backend == "postgresql":
         database = POSTGRES.create_database("titanium_bench")
@@ -181,7 +206,7 @@ def run_backend(backend: str, duration: int, workdir: Path) -> dict[str, Any]:
     )
     stack.start()
     try:
-        token, max_id = asyncio.run(seed(settings, stack.url("gateway")))
+        token, max_id = asyncio.run(seed(settings, stack.url("gateway"), post_count))
         if database:
             # What autovacuum does a minute after a bulk load: statistics and the
             # visibility map (so the post count is an index-only scan).
@@ -195,6 +220,7 @@ def run_backend(backend: str, duration: int, workdir: Path) -> dict[str, Any]:
             },
             {"post via gateway": (gateway, *post), "post direct": (blog, *post)},
             {"90/10 mix via gateway": (gateway, "wrk_write_mix.lua", {"TOKEN": token})},
+            {"writes via gateway": (gateway, "wrk_write.lua", {"TOKEN": token})},
         ]
         results = {}
         for group in groups:
@@ -202,9 +228,18 @@ def run_backend(backend: str, duration: int, workdir: Path) -> dict[str, Any]:
                 wrk(url, WARM_UP_SECONDS, script, extra)
             slices = SLICES if len(group) > 1 else 1
             runs: dict[str, list[dict[str, Any]]] = {label: [] for label in group}
+            before = count_posts(settings)
             for _ in range(slices):
                 for label, (url, script, extra) in group.items():
                     runs[label].append(wrk(url, max(1, duration // slices), script, extra))
+            if "writes via gateway" in group:
+                # Every acknowledged (2xx) write is in the table afterwards.
+                [writes] = runs["writes via gateway"]
+                acknowledged = writes["requests"] - writes["errors"]
+                stored = count_posts(settings) - before
+                print(f"{backend:<10} writes acknowledged {acknowledged}, stored {stored}")
+                if stored < acknowledged:
+                    sys.exit(f"bench: {acknowledged - stored} acknowledged posts are missing")
             for label, parts in runs.items():
                 r = results[label] = combine(parts)
                 print(
@@ -231,12 +266,15 @@ def commit() -> str:
     return done.stdout.strip() or "unknown"
 
 
-def append_report(results: dict[str, dict[str, Any]], duration: int) -> None:
+def append_report(
+    results: dict[str, dict[str, Any]], duration: int, *, cache: str, post_count: int
+) -> None:
     lines = [
         f"\n### {datetime.now(UTC):%Y-%m-%d %H:%M} UTC — commit {commit()} — {machine()}\n",
         f"`bench/http_bench.py`, wrk -t2 -c64, {duration} s per run after a {WARM_UP_SECONDS} s "
         f"warm-up, gateway/direct pairs interleaved in {SLICES} slices (figures over all "
-        f"slices); load generator on the same machine; {USERS} users, {POSTS} posts.\n",
+        f"slices); load generator on the same machine; {USERS} users, {post_count} posts; "
+        f"response cache {cache}.\n",
         "| backend | run | req/s | p50 ms | p95 ms | p99 ms | errors |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -265,6 +303,10 @@ def main() -> None:
     parser.add_argument(
         "--no-report", action="store_true", help="do not append to docs/benchmarks.md"
     )
+    parser.add_argument(
+        "--cache", choices=["on", "off"], default="on", help="blog-service's response cache"
+    )
+    parser.add_argument("--posts", type=int, default=POSTS, help="posts in the data set")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench: wrk is missing; install it with `apt-get install -y wrk`")
@@ -274,13 +316,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="titanium-bench-") as workdir:
         for backend in backends:
             started = time.monotonic()
-            results[backend] = run_backend(backend, args.duration, Path(workdir) / backend)
+            results[backend] = run_backend(
+                backend,
+                args.duration,
+                Path(workdir) / backend,
+                cache=args.cache == "on",
+                post_count=args.posts,
+            )
             rss = ", ".join(
                 f"{n} {mb:.0f} MB" for n, mb in sorted(results[backend]["rss_mb"].items())
             )
             print(f"{backend:<10} peak RSS: {rss} ({time.monotonic() - started:.0f} s)", flush=True)
     if not args.no_report:
-        append_report(results, args.duration)
+        append_report(results, args.duration, cache=args.cache, post_count=args.posts)
 
 
 if __name__ == "__main__":
