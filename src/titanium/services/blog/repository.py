@@ -65,7 +65,11 @@ def _category(row: Any) -> dict[str, Any] | None:
     }
 
 
-def _post(row: Any) -> dict[str, Any]:
+def _category_row(row: Any) -> dict[str, Any]:
+    return {"id": row.id, "name": row.name, "slug": row.slug, "color": row.color}
+
+
+def _post_fields(row: Any) -> dict[str, Any]:
     return {
         "id": row.id,
         "title": row.title,
@@ -74,8 +78,11 @@ def _post(row: Any) -> dict[str, Any]:
         "author_id": row.author_id,
         "created_at": row.created_at,
         "updated_at": row.updated_at,
-        "category": _category(row),
     }
+
+
+def _post(row: Any) -> dict[str, Any]:
+    return {**_post_fields(row), "category": _category(row)}
 
 
 @dataclass(frozen=True)
@@ -117,26 +124,26 @@ KEPT_SLUGS = (*(row["slug"] for row in SEED_CATEGORIES), slugify(DEFAULT_CATEGOR
 CATEGORY_ATTEMPTS = 3
 
 
-async def _resolve(conn: AsyncConnection, choice: CategoryChoice) -> int | None:
-    """The chosen category's id, held for this transaction; None when none was chosen."""
+async def _resolve(conn: AsyncConnection, choice: CategoryChoice) -> Any:
+    """The chosen category's row, held for this transaction; None when none was chosen."""
     if choice.category_id is not None:
         found = (
             await conn.execute(
-                sa.select(categories.c.id)
+                sa.select(*categories.c)
                 .where(categories.c.id == choice.category_id)
                 .with_for_update(read=True, key_share=True)
             )
-        ).scalar_one_or_none()
+        ).one_or_none()
         if found is None:
             raise InvalidInput("unknown category", field="category_id")
-        return int(found)
+        return found
     if choice.name is not None:
         return await _category_named(conn, choice.name)
     return None
 
 
-async def _category_named(conn: AsyncConnection, name: str) -> int:
-    """Id of the category with this name (or its slug), created when new.
+async def _category_named(conn: AsyncConnection, name: str) -> Any:
+    """The row of the category with this name (or its slug), created when new.
 
     The row is locked FOR KEY SHARE until the transaction ends, so a concurrent
     removal of an emptied category cannot take it away before the post refers to
@@ -146,20 +153,20 @@ async def _category_named(conn: AsyncConnection, name: str) -> int:
     """
     slug = slugify(name)
     lookup = (
-        sa.select(categories.c.id)
+        sa.select(*categories.c)
         .where(sa.or_(categories.c.name == name, categories.c.slug == slug))
         .with_for_update(read=True, key_share=True)
     )
     for _attempt in range(CATEGORY_ATTEMPTS):
-        found = (await conn.execute(lookup)).scalar()
+        found = (await conn.execute(lookup)).first()
         if found is not None:
-            return int(found)
+            return found
         try:
             async with conn.begin_nested():
                 created = await conn.execute(
-                    sa.insert(categories).values(name=name, slug=slug).returning(categories.c.id)
+                    sa.insert(categories).values(name=name, slug=slug).returning(*categories.c)
                 )
-                return int(created.scalar_one())
+                return created.one()
         except sa_exc.IntegrityError:
             # Another transaction created it first; the next lookup sees theirs.
             continue
@@ -219,17 +226,25 @@ class BlogRepository:
     ) -> tuple[list[dict[str, Any]], int]:
         """A page of posts, newest first, and the total number matching the filter."""
         head = sa.func.substr(posts.c.content, 1, EXCERPT_LENGTH + 1).label("head")
+        # Counted on posts alone (no join, no wide rows), so an index-only scan answers it.
+        total = where.apply(sa.select(sa.func.count()).select_from(posts))
+        # The count rides along as an uncorrelated subquery, which both databases
+        # evaluate once: one statement, one round trip and one snapshot for the page
+        # and X-Total-Count. Only a page past the end, which has no row to carry
+        # it, asks again.
         page = (
-            where.apply(sa.select(*_post_columns, head).select_from(_joined))
+            where.apply(
+                sa.select(
+                    *_post_columns, head, total.correlate(None).scalar_subquery().label("total")
+                ).select_from(_joined)
+            )
             .order_by(posts.c.created_at.desc(), posts.c.id.desc())
             .offset(offset)
             .limit(limit)
         )
-        # Counted on posts alone (no join, no wide rows), so an index-only scan answers it.
-        total = where.apply(sa.select(sa.func.count()).select_from(posts))
         async with self.db.read() as conn:
             rows = (await conn.execute(page)).all()
-            count = int((await conn.execute(total)).scalar_one())
+            count = int(rows[0].total if rows else (await conn.execute(total)).scalar_one())
         items = [
             {
                 "id": row.id,
@@ -257,10 +272,11 @@ class BlogRepository:
         category.check()
         now = utc_now()
         async with self.db.write() as conn:
-            category_id = await _resolve(conn, category)
-            if category_id is None:
-                category_id = await _category_named(conn, DEFAULT_CATEGORY)
-            post_id = (
+            chosen = await _resolve(conn, category)
+            if chosen is None:
+                chosen = await _category_named(conn, DEFAULT_CATEGORY)
+            # RETURNING the whole row, and the category as resolved: no read-back.
+            row = (
                 await conn.execute(
                     sa.insert(posts)
                     .values(
@@ -268,14 +284,14 @@ class BlogRepository:
                         content=content,
                         author=author,
                         author_id=author_id,
-                        category_id=category_id,
+                        category_id=chosen.id,
                         created_at=now,
                         updated_at=now,
                     )
-                    .returning(posts.c.id)
+                    .returning(*posts.c)
                 )
-            ).scalar_one()
-            return await self._get(conn, post_id)
+            ).one()
+        return {**_post_fields(row), "category": _category_row(chosen)}
 
     async def update_post(
         self, post_id: int, author_id: int, changes: dict[str, Any], category: CategoryChoice
@@ -289,7 +305,8 @@ class BlogRepository:
             before = await _owned(conn, post_id, author_id)
             category.check()
             values = dict(changes)
-            category_id = await _resolve(conn, category)
+            chosen = await _resolve(conn, category)
+            category_id = None if chosen is None else chosen.id
             if category_id is not None:
                 values["category_id"] = category_id
             if values:
