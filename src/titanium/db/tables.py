@@ -97,3 +97,8 @@ METADATA: dict[str, sa.MetaData] = {"users": users_metadata, "blog": blog_metada
 def utc_now() -> datetime:
     """The current time as naive UTC, the way the TIMESTAMP columns store it."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def stored_utc(value: datetime | None) -> datetime | None:
+    """A TIMESTAMP column's value as aware UTC (the columns hold naive UTC)."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from titanium.db.engine import Database
 from titanium.db.seed import SEED_CATEGORIES
-from titanium.db.tables import CATEGORY_SLUG_MAX, categories, posts, utc_now
+from titanium.db.tables import CATEGORY_SLUG_MAX, categories, posts, stored_utc, utc_now
 from titanium.errors import Conflict, Forbidden, InvalidInput, NotFound
 
 EXCERPT_LENGTH = 120
@@ -76,8 +76,8 @@ def _post_fields(row: Any) -> dict[str, Any]:
         "content": row.content,
         "author": row.author,
         "author_id": row.author_id,
-        "created_at": row.created_at,
-        "updated_at": row.updated_at,
+        "created_at": stored_utc(row.created_at),
+        "updated_at": stored_utc(row.updated_at),
     }
 
 
@@ -251,8 +251,8 @@ class BlogRepository:
                 "title": row.title,
                 "author": row.author,
                 "author_id": row.author_id,
-                "created_at": row.created_at,
-                "updated_at": row.updated_at,
+                "created_at": stored_utc(row.created_at),
+                "updated_at": stored_utc(row.updated_at),
                 "excerpt": excerpt(row.head),
                 "category": _category(row),
             }
