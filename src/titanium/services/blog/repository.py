@@ -245,19 +245,33 @@ class BlogRepository:
         async with self.db.read() as conn:
             rows = (await conn.execute(page)).all()
             count = int(rows[0].total if rows else (await conn.execute(total)).scalar_one())
-        items = [
-            {
-                "id": row.id,
-                "title": row.title,
-                "author": row.author,
-                "author_id": row.author_id,
-                "created_at": stored_utc(row.created_at),
-                "updated_at": stored_utc(row.updated_at),
-                "excerpt": excerpt(row.head),
-                "category": _category(row),
-            }
-            for row in rows
-        ]
+        # Unpacked by position: a Row's attribute lookups were a fifth of the CPU of
+        # an uncached page. The order is _post_columns', then head and total.
+        items = []
+        for (
+            post_id, title, author, author_id, created_at, updated_at,
+            category_id, category_name, category_slug, category_color, head, _total,
+        ) in rows:  # fmt: skip
+            category = None
+            if category_id is not None:
+                category = {
+                    "id": category_id,
+                    "name": category_name,
+                    "slug": category_slug,
+                    "color": category_color,
+                }
+            items.append(
+                {
+                    "id": post_id,
+                    "title": title,
+                    "author": author,
+                    "author_id": author_id,
+                    "created_at": stored_utc(created_at),
+                    "updated_at": stored_utc(updated_at),
+                    "excerpt": excerpt(head),
+                    "category": category,
+                }
+            )
         return items, count
 
     async def get_post(self, post_id: int) -> dict[str, Any]:
