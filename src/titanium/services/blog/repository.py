@@ -1,5 +1,6 @@
 """Queries on posts and categories."""
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -92,15 +93,46 @@ class PostFilter:
     category_slug: str | None = None
     author: str | None = None
 
-    def apply(self, query: sa.Select[Any]) -> sa.Select[Any]:
-        """Add the WHERE clauses of this filter to a query over posts."""
-        if self.category_slug is not None:
-            # A subquery, not the join: the count then reads idx_posts_category_id alone.
-            slug = sa.select(categories.c.id).where(categories.c.slug == self.category_slug)
-            query = query.where(posts.c.category_id == slug.scalar_subquery())
-        if self.author is not None:
-            query = query.where(posts.c.author == self.author)
-        return query
+    @property
+    def params(self) -> dict[str, str]:
+        """The values of the filter's bind parameters (see `_list_statements`)."""
+        given = {"category_slug": self.category_slug, "author": self.author}
+        return {name: value for name, value in given.items() if value is not None}
+
+
+def _where(query: sa.Select[Any], category: bool, author: bool) -> sa.Select[Any]:
+    """Add the WHERE clauses of a filter (by category slug, by author) as bind parameters."""
+    if category:
+        # A subquery, not the join: the count then reads idx_posts_category_id alone.
+        slug = sa.select(categories.c.id).where(categories.c.slug == sa.bindparam("category_slug"))
+        query = query.where(posts.c.category_id == slug.scalar_subquery())
+    if author:
+        query = query.where(posts.c.author == sa.bindparam("author"))
+    return query
+
+
+@functools.cache
+def _list_statements(category: bool, author: bool) -> tuple[sa.Select[Any], sa.Select[Any]]:
+    """The page and the count of a list filtered this way, built once.
+
+    Built per request they cost an eighth of an uncached page's time (the select
+    itself, then its cache key, which SQLAlchemy keeps on a statement it has seen).
+    """
+    head = sa.func.substr(posts.c.content, 1, EXCERPT_LENGTH + 1).label("head")
+    # Counted on posts alone (no join, no wide rows), so an index-only scan answers it.
+    total = _where(sa.select(sa.func.count()).select_from(posts), category, author)
+    # The count rides along as an uncorrelated subquery, which both databases
+    # evaluate once: one statement, one round trip and one snapshot for the page
+    # and X-Total-Count. Only a page past the end, which has no row to carry it,
+    # asks again.
+    counted = total.correlate(None).scalar_subquery().label("total")
+    page = (
+        _where(sa.select(*_post_columns, head, counted).select_from(_joined), category, author)
+        .order_by(posts.c.created_at.desc(), posts.c.id.desc())
+        .offset(sa.bindparam("offset"))
+        .limit(sa.bindparam("limit"))
+    )
+    return page, total
 
 
 @dataclass(frozen=True)
@@ -225,26 +257,11 @@ class BlogRepository:
         self, where: PostFilter, offset: int, limit: int
     ) -> tuple[list[dict[str, Any]], int]:
         """A page of posts, newest first, and the total number matching the filter."""
-        head = sa.func.substr(posts.c.content, 1, EXCERPT_LENGTH + 1).label("head")
-        # Counted on posts alone (no join, no wide rows), so an index-only scan answers it.
-        total = where.apply(sa.select(sa.func.count()).select_from(posts))
-        # The count rides along as an uncorrelated subquery, which both databases
-        # evaluate once: one statement, one round trip and one snapshot for the page
-        # and X-Total-Count. Only a page past the end, which has no row to carry
-        # it, asks again.
-        page = (
-            where.apply(
-                sa.select(
-                    *_post_columns, head, total.correlate(None).scalar_subquery().label("total")
-                ).select_from(_joined)
-            )
-            .order_by(posts.c.created_at.desc(), posts.c.id.desc())
-            .offset(offset)
-            .limit(limit)
-        )
+        page, total = _list_statements(where.category_slug is not None, where.author is not None)
+        params = where.params
         async with self.db.read() as conn:
-            rows = (await conn.execute(page)).all()
-            count = int(rows[0].total if rows else (await conn.execute(total)).scalar_one())
+            rows = (await conn.execute(page, {**params, "offset": offset, "limit": limit})).all()
+            count = int(rows[0].total if rows else (await conn.execute(total, params)).scalar_one())
         # Unpacked by position: a Row's attribute lookups were a fifth of the CPU of
         # an uncached page. The order is _post_columns', then head and total.
         items = []
