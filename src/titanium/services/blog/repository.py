@@ -111,6 +111,14 @@ def _where(query: sa.Select[Any], category: bool, author: bool) -> sa.Select[Any
     return query
 
 
+# One post with its category, built once (as the list's statements are).
+_ONE_POST = (
+    sa.select(*_post_columns, posts.c.content)
+    .select_from(_joined)
+    .where(posts.c.id == sa.bindparam("post_id"))
+)
+
+
 @functools.cache
 def _list_statements(category: bool, author: bool) -> tuple[sa.Select[Any], sa.Select[Any]]:
     """The page and the count of a list filtered this way, built once.
@@ -383,13 +391,7 @@ class BlogRepository:
         return {"posts": int(post_count), "categories": int(category_count)}
 
     async def _get(self, conn: AsyncConnection, post_id: int) -> dict[str, Any]:
-        row = (
-            await conn.execute(
-                sa.select(*_post_columns, posts.c.content)
-                .select_from(_joined)
-                .where(posts.c.id == post_id)
-            )
-        ).one_or_none()
+        row = (await conn.execute(_ONE_POST, {"post_id": post_id})).one_or_none()
         if row is None:
             raise NotFound("no such post")
         return _post(row)
