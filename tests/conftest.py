@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -22,10 +22,14 @@ import pytest
 
 from support.checkout import Checkout
 from support.database import BACKENDS
+from support.inprocess import Served, served, sqlite_settings
 from support.ports import free_port
 from support.postgres import PrivateServer, SharedServer
 from support.stack import RunningStack, start_stack
+from titanium.config import Settings
 from titanium.security.tokens import generate_key_pair
+from titanium.services.users.app import create_app as create_users
+from titanium.web.client import Downstream, open_downstream
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +102,27 @@ def live(
     yield running
     running.client.close()
     stack.stop()
+
+
+@pytest.fixture(scope="module")
+def installation(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, str]) -> Settings:
+    """One SQLite installation (both schemas at head) per test module; a module may override it."""
+    return sqlite_settings(tmp_path_factory.mktemp("installation"), keys)
+
+
+@pytest.fixture(scope="module")
+def user_service(installation: Settings) -> Iterator[Served]:
+    """user-service on the module's installation, served on a free port for its callers."""
+    with served(create_users(installation)) as server:
+        yield server
+
+
+@pytest.fixture
+async def users_pool(user_service: Served) -> AsyncIterator[Downstream]:
+    """A keep-alive pool to the served user-service, owned by the test."""
+    pool = open_downstream("user-service", user_service.url, timeout_seconds=5)
+    yield pool
+    await pool.close()
 
 
 @pytest.fixture(scope="session")

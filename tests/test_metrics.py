@@ -6,14 +6,13 @@ test_monitoring_live.py; these are the fast checks of the exposition itself.
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.inprocess import Served, refused_url, running, served, sqlite_settings
+from support.inprocess import Served, refused_url, running, sqlite_settings
 from titanium.config import ServiceName, Settings
 from titanium.db.engine import FairGate
 from titanium.errors import Unavailable
@@ -75,24 +74,6 @@ def families(exposition: str) -> set[str]:
 
 def value(found: Samples, name: str, **labels: str) -> float:
     return found[(name, frozenset(labels.items()))]
-
-
-@pytest.fixture(scope="module")
-def installation(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, str]) -> Settings:
-    return sqlite_settings(tmp_path_factory.mktemp("metrics"), keys)
-
-
-@pytest.fixture(scope="module")
-def user_service(installation: Settings) -> Iterator[Served]:
-    with served(create_users(installation)) as server:
-        yield server
-
-
-@pytest.fixture
-async def users_pool(user_service: Served) -> AsyncIterator[Downstream]:
-    pool = open_downstream("user-service", user_service.url, timeout_seconds=5)
-    yield pool
-    await pool.close()
 
 
 async def new_account(url: str) -> str:

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,24 +35,6 @@ PASSWORD = "correct horse"
 
 
 # In-process services on SQLite (the blog's cache on, as in production)
-
-
-@pytest.fixture(scope="module")
-def installation(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, str]) -> Settings:
-    return sqlite_settings(tmp_path_factory.mktemp("ownership"), keys)
-
-
-@pytest.fixture(scope="module")
-def user_service(installation: Settings) -> Iterator[Served]:
-    with served(create_users(installation)) as server:
-        yield server
-
-
-@pytest.fixture
-async def users_pool(user_service: Served) -> AsyncIterator[Downstream]:
-    pool = open_downstream("user-service", user_service.url, timeout_seconds=5)
-    yield pool
-    await pool.close()
 
 
 @pytest.fixture

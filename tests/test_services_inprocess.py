@@ -8,7 +8,7 @@ served by uvicorn on 127.0.0.1 in a background thread. Nothing is mocked.
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -28,27 +28,6 @@ pytestmark = pytest.mark.anyio
 
 PASSWORD = "correct horse"
 LONG_CONTENT = "word " * 40  # 200 characters: the list shows an excerpt
-
-
-@pytest.fixture(scope="module")
-def installation(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, str]) -> Settings:
-    """One SQLite installation (both schemas at head) for the tests of this module."""
-    return sqlite_settings(tmp_path_factory.mktemp("inprocess"), keys)
-
-
-@pytest.fixture(scope="module")
-def user_service(installation: Settings) -> Iterator[Served]:
-    """user-service served on a free port, for the services that call it."""
-    with served(create_users(installation)) as server:
-        yield server
-
-
-@pytest.fixture
-async def users_pool(user_service: Served) -> AsyncIterator[Downstream]:
-    """A keep-alive pool to the served user-service, owned by the test."""
-    pool = open_downstream("user-service", user_service.url, timeout_seconds=5)
-    yield pool
-    await pool.close()
 
 
 @pytest.fixture
