@@ -22,13 +22,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
 from support.checkout import Checkout, load_all
-from support.crds import OBJECT_META, crd_errors, strict
+from support.crds import crd_errors, crd_validators
 from test_k8s import (
     EXPORTER,
     INTENDED_PATHS,
@@ -80,25 +79,9 @@ INSTANCE = "titanium-db-instance"
 TABLE_OWNERS = {"user-service", "blog-service"}
 
 
-# --- CloudNativePG's CRDs, strict, as support/crds.py does for the monitoring ones ---
+# --- CloudNativePG's CRDs, strict (support/crds.py, as for the monitoring ones) ---
 
-
-def cnpg_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
-    validators = {}
-    for path in sorted(CNPG_CRDS.glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text(encoding="utf-8"))
-        for version in crd["spec"]["versions"]:
-            if not version.get("served"):
-                continue
-            schema = strict(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
-            schema["properties"]["metadata"] = OBJECT_META
-            schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind"})
-            key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
-            validators[key] = jsonschema.Draft7Validator(schema)
-    return validators
-
-
-CNPG = cnpg_validators()
+CNPG = crd_validators(CNPG_CRDS)
 
 
 def errors_of(obj: dict[str, Any]) -> list[str]:

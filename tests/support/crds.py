@@ -51,10 +51,10 @@ def strict(schema: Any) -> Any:
     return result
 
 
-def crd_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
-    """(apiVersion, kind) -> a validator of the CRD's served version, strict."""
+def crd_validators(directory: Path = CRDS) -> dict[tuple[str, str], jsonschema.protocols.Validator]:
+    """(apiVersion, kind) -> a strict validator of each served CRD version in `directory`."""
     validators = {}
-    for path in sorted(CRDS.glob("*.yaml")):
+    for path in sorted(directory.glob("*.yaml")):
         crd = yaml.safe_load(path.read_text(encoding="utf-8"))
         for version in crd["spec"]["versions"]:
             if not version.get("served"):
