@@ -16,9 +16,6 @@ again; then appends the run to docs/benchmarks.md.
 """
 
 import argparse
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))  # support/: the cluster, the load, the stack
 
+from http_bench import commit, machine  # noqa: E402  # the same header as the HTTP runs
 from support.api import register  # noqa: E402
 from support.failover import (  # noqa: E402
     EVENTS,
@@ -46,18 +44,6 @@ from support.stack import start_stack  # noqa: E402
 from titanium.security.tokens import generate_key_pair  # noqa: E402
 
 TARGETS = "failover ≤ 15 s, switchover ≤ 5 s, replica loss 0 s, 0 lost, 0 non-2xx/503"
-
-
-def machine() -> str:
-    memory = Path("/proc/meminfo").read_text().split()[1]
-    return f"{os.cpu_count()} cores, {int(memory) // 1024 // 1024} GiB RAM, {platform.machine()}"
-
-
-def commit() -> str:
-    done = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    )
-    return done.stdout.strip() or "unknown"
 
 
 def run(
