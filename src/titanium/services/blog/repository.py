@@ -55,19 +55,13 @@ def excerpt(head: str) -> str:
     return flat + "..." if len(head) > EXCERPT_LENGTH else flat
 
 
-def _category(row: Any) -> dict[str, Any] | None:
-    if row.category_id is None:
+def _category_ref(
+    category_id: int | None, name: str, slug: str, color: str
+) -> dict[str, Any] | None:
+    """A post's category as the API shows it; None for a post without one."""
+    if category_id is None:
         return None
-    return {
-        "id": row.category_id,
-        "name": row.category_name,
-        "slug": row.category_slug,
-        "color": row.category_color,
-    }
-
-
-def _category_row(row: Any) -> dict[str, Any]:
-    return {"id": row.id, "name": row.name, "slug": row.slug, "color": row.color}
+    return {"id": category_id, "name": name, "slug": slug, "color": color}
 
 
 def _post_fields(row: Any) -> dict[str, Any]:
@@ -83,7 +77,8 @@ def _post_fields(row: Any) -> dict[str, Any]:
 
 
 def _post(row: Any) -> dict[str, Any]:
-    return {**_post_fields(row), "category": _category(row)}
+    category = (row.category_id, row.category_name, row.category_slug, row.category_color)
+    return {**_post_fields(row), "category": _category_ref(*category)}
 
 
 @dataclass(frozen=True)
@@ -277,14 +272,7 @@ class BlogRepository:
             post_id, title, author, author_id, created_at, updated_at,
             category_id, category_name, category_slug, category_color, head, _total,
         ) in rows:  # fmt: skip
-            category = None
-            if category_id is not None:
-                category = {
-                    "id": category_id,
-                    "name": category_name,
-                    "slug": category_slug,
-                    "color": category_color,
-                }
+            category = _category_ref(category_id, category_name, category_slug, category_color)
             items.append(
                 {
                     "id": post_id,
@@ -330,7 +318,8 @@ class BlogRepository:
                     .returning(*posts.c)
                 )
             ).one()
-        return {**_post_fields(row), "category": _category_row(chosen)}
+        ref = _category_ref(chosen.id, chosen.name, chosen.slug, chosen.color)
+        return {**_post_fields(row), "category": ref}
 
     async def update_post(
         self, post_id: int, author_id: int, changes: dict[str, Any], category: CategoryChoice
