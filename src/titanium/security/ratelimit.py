@@ -170,11 +170,6 @@ class LoginThrottle:
             "login-account", settings.login_max_failures_per_user_all_clients, window
         )
 
-    @property
-    def refused(self) -> int:
-        """Login attempts refused by a budget in this process."""
-        return self._throttle.refused
-
     async def attempt(self, account: str, client: str) -> Attempt:
         """Count a login attempt before the password is checked; RateLimited if refused."""
         return await self._throttle.attempt(
