@@ -3,6 +3,9 @@
 `Database.read()` and `Database.write()` hand out connections inside a
 transaction and translate driver failures into Titanium's domain errors, so
 services never see a driver exception and never branch on the backend.
+`Database.run_read()` and `Database.run_write()` do the same for a whole unit of
+work written as a plain function of a connection: on SQLite it runs on a worker
+thread in one hop, on PostgreSQL on the event loop through the async driver.
 """
 
 import asyncio
@@ -11,9 +14,10 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg
 import sqlalchemy as sa
@@ -29,6 +33,10 @@ from titanium.errors import Conflict, Unavailable
 
 log = logging.getLogger(__name__)
 SQLITE_READERS = 4
+P = ParamSpec("P")
+T = TypeVar("T")
+# A unit of database work: a plain function of a connection (see Database.run_read).
+Work = Callable[Concatenate[sa.Connection, P], T]
 
 
 def is_sqlite(url: URL) -> bool:
@@ -75,7 +83,7 @@ def create_engine(
         engine = create_async_engine(
             url, connect_args={"timeout": settings.sqlite_busy_timeout_seconds}, **pool
         )
-        _configure_sqlite(engine, settings, role)
+        _configure_sqlite(engine.sync_engine, settings, role)
         return engine
 
     async def connect() -> asyncpg.Connection:
@@ -90,6 +98,29 @@ def create_engine(
     engine = create_async_engine(url, async_creator=connect, **pool)
     _discard_closed_connections(engine)
     _discard_demoted_connections(engine)
+    return engine
+
+
+def create_sqlite_engine(settings: Settings, service: DataService, role: str) -> sa.Engine:
+    """A synchronous engine on the service's SQLite file, for work run on worker threads.
+
+    aiosqlite sends every cursor operation to its thread and back: four or five
+    hops of the event loop for one SELECT. The stdlib driver on a thread of our
+    own runs a whole unit of work in one hop, and holds SQLite's write lock only
+    for as long as the SQL takes, not while the event loop gets round to the next
+    statement.
+    """
+    url = settings.database_url(service).set(drivername="sqlite+pysqlite")
+    _create_private(settings.sqlite_path(service))
+    engine = sa.create_engine(
+        url,
+        # A connection moves between the worker threads, used by one at a time.
+        connect_args={"timeout": settings.sqlite_busy_timeout_seconds, "check_same_thread": False},
+        pool_size=pool_size(settings, url, role),
+        max_overflow=0,
+        pool_timeout=settings.db_pool_timeout_seconds,
+    )
+    _configure_sqlite(engine, settings, role)
     return engine
 
 
@@ -131,10 +162,10 @@ def _discard_demoted_connections(engine: AsyncEngine) -> None:
             context.is_disconnect = True
 
 
-def _configure_sqlite(engine: AsyncEngine, settings: Settings, role: str) -> None:
+def _configure_sqlite(engine: sa.Engine, settings: Settings, role: str) -> None:
     busy_ms = int(settings.sqlite_busy_timeout_seconds * 1000)
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -157,7 +188,7 @@ def _configure_sqlite(engine: AsyncEngine, settings: Settings, role: str) -> Non
     # A deferred transaction that later writes can fail with "database is locked"
     # without waiting; BEGIN IMMEDIATE takes the write lock up front and waits
     # up to busy_timeout for it.
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -350,6 +381,9 @@ class Database:
         self._reader = pooled.execution_options(isolation_level="AUTOCOMMIT")
         self._engines = {self._writer, pooled}
         self._after_write: list[Callable[[], None]] = []
+        # SQLite: the engines and threads that run_read/run_write use, made on first use.
+        self._settings = settings
+        self._threads: dict[str, tuple[sa.Engine, ThreadPoolExecutor]] = {}
 
     def gates(self) -> dict[str, FairGate]:
         """The pool gates by the `pool` label of the metrics: one on PostgreSQL, two on SQLite."""
@@ -377,7 +411,55 @@ class Database:
             for callback in self._after_write:
                 callback()
 
+    async def run_read(self, work: Work[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`work(connection, *args, **kwargs)` run as a read() block is, and its result."""
+        if self.backend != "sqlite":
+            async with self.read() as conn:
+                return await conn.run_sync(work, *args, **kwargs)
+        async with self._read_gate.enter(), translate_errors():
+            return await self._on_thread("read", work, *args, **kwargs)
+
+    async def run_write(self, work: Work[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`work(connection, *args, **kwargs)` run as a write() block is, and its result."""
+        if self.backend != "sqlite":
+            async with self.write() as conn:
+                return await conn.run_sync(work, *args, **kwargs)
+        try:
+            async with self._write_gate.enter(), translate_errors():
+                return await self._on_thread("write", work, *args, **kwargs)
+        finally:
+            for callback in self._after_write:
+                callback()
+
+    async def _on_thread(self, role: str, work: Work[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        # The gate in front admits no more callers than the role has threads and
+        # pooled connections, so the executor's queue stays empty.
+        engine, threads = self._sqlite_threads(role)
+
+        def run() -> T:
+            with engine.begin() if role == "write" else engine.connect() as conn:
+                return work(conn, *args, **kwargs)
+
+        return await asyncio.get_running_loop().run_in_executor(threads, run)
+
+    def _sqlite_threads(self, role: str) -> tuple[sa.Engine, ThreadPoolExecutor]:
+        made = self._threads.get(role)
+        if made is None:
+            engine = create_sqlite_engine(self._settings, self.service, role)
+            if role == "read":
+                engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+            size = pool_size(self._settings, self.url, role)
+            made = self._threads[role] = (
+                engine,
+                ThreadPoolExecutor(size, thread_name_prefix=f"{self.service}-sqlite-{role}"),
+            )
+        return made
+
     async def dispose(self) -> None:
         """Close every pooled connection."""
         for engine in self._engines:
             await engine.dispose()
+        for sync_engine, threads in self._threads.values():
+            threads.shutdown(wait=True)
+            sync_engine.dispose()
+        self._threads.clear()

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from titanium.config import Settings
 from titanium.db.engine import Database, insert_for
@@ -69,56 +68,62 @@ class Throttle:
         now = time.time_ns() // 1_000_000
         windows = {budget_key(budget, who): budget for budget, who in slots}
         attempt = Attempt(now, sorted(windows))
-        retry_after = 0
-        async with self.db.write() as conn:
-            stored = await _lock(conn, attempt.keys)
-            changes: list[tuple[str, list[int], float | None]] = []
-            for key in attempt.keys:
-                budget = windows[key]
-                horizon = now - budget.window_seconds * 1000
-                recent = sorted(stamp for stamp in stored[key] if stamp > horizon)
-                if len(recent) >= budget.limit:
-                    # Free again once enough of the oldest stamps have left the window.
-                    oldest_to_go = recent[len(recent) - budget.limit]
-                    wait = (oldest_to_go - horizon) / 1000
-                    retry_after = max(retry_after, math.ceil(wait), 1)
-                changes.append((key, [*recent, now], budget.window_seconds))
-            if retry_after:
-                self.refused += 1
-                # Raised inside the transaction: the rollback leaves every budget as it was.
-                raise RateLimited(self.message, retry_after)
-            await _store(conn, changes)
-            await self._sweep(conn)
+        try:
+            await self.db.run_write(self._count, attempt, windows)
+        except RateLimited:
+            self.refused += 1
+            raise
         return attempt
+
+    def _count(self, conn: sa.Connection, attempt: Attempt, windows: dict[str, Budget]) -> None:
+        stored = _lock(conn, attempt.keys)
+        changes: list[tuple[str, list[int], float | None]] = []
+        retry_after = 0
+        for key in attempt.keys:
+            budget = windows[key]
+            horizon = attempt.stamp - budget.window_seconds * 1000
+            recent = sorted(stamp for stamp in stored[key] if stamp > horizon)
+            if len(recent) >= budget.limit:
+                # Free again once enough of the oldest stamps have left the window.
+                oldest_to_go = recent[len(recent) - budget.limit]
+                wait = (oldest_to_go - horizon) / 1000
+                retry_after = max(retry_after, math.ceil(wait), 1)
+            changes.append((key, [*recent, attempt.stamp], budget.window_seconds))
+        if retry_after:
+            # Raised inside the transaction: the rollback leaves every budget as it was.
+            raise RateLimited(self.message, retry_after)
+        _store(conn, changes)
+        self._sweep(conn)
 
     async def forgive(self, attempt: Attempt, *, reset: Sequence[tuple[Budget, str]] = ()) -> None:
         """Uncount `attempt` everywhere, and forget every attempt of the `reset` keys."""
         cleared = {budget_key(budget, who) for budget, who in reset}
-        async with self.db.write() as conn:
-            stored = await _lock(conn, sorted(set(attempt.keys) | cleared))
-            changes: list[tuple[str, list[int], float | None]] = []
-            for key in attempt.keys:
-                if key in cleared:
-                    continue
-                stamps = stored[key]
-                if attempt.stamp in stamps:
-                    stamps.remove(attempt.stamp)
-                changes.append((key, stamps, None))
-            await _store(conn, changes)
-            if cleared:
-                await conn.execute(
-                    sa.delete(throttle_attempts).where(throttle_attempts.c.key.in_(cleared))
-                )
+        await self.db.run_write(_forgive, attempt, cleared)
 
-    async def _sweep(self, conn: AsyncConnection) -> None:
+    def _sweep(self, conn: sa.Connection) -> None:
         now = time.time()
         if now - self._swept_at < self._sweep_seconds:
             return
         self._swept_at = now
-        await conn.execute(sa.delete(throttle_attempts).where(throttle_attempts.c.expires_at < now))
+        conn.execute(sa.delete(throttle_attempts).where(throttle_attempts.c.expires_at < now))
 
 
-async def _lock(conn: AsyncConnection, keys: list[str]) -> dict[str, list[int]]:
+def _forgive(conn: sa.Connection, attempt: Attempt, cleared: set[str]) -> None:
+    stored = _lock(conn, sorted(set(attempt.keys) | cleared))
+    changes: list[tuple[str, list[int], float | None]] = []
+    for key in attempt.keys:
+        if key in cleared:
+            continue
+        stamps = stored[key]
+        if attempt.stamp in stamps:
+            stamps.remove(attempt.stamp)
+        changes.append((key, stamps, None))
+    _store(conn, changes)
+    if cleared:
+        conn.execute(sa.delete(throttle_attempts).where(throttle_attempts.c.key.in_(cleared)))
+
+
+def _lock(conn: sa.Connection, keys: list[str]) -> dict[str, list[int]]:
     """Lock the rows of `keys` (made if missing), in the given order, and read their stamps.
 
     An upsert rather than SELECT ... FOR UPDATE: it locks a row that did not
@@ -132,17 +137,17 @@ async def _lock(conn: AsyncConnection, keys: list[str]) -> dict[str, list[int]]:
         .on_conflict_do_update(index_elements=["key"], set_={"key": insert.excluded.key})
         .returning(throttle_attempts.c.key, throttle_attempts.c.stamps)
     )
-    rows = (await conn.execute(statement)).all()
+    rows = conn.execute(statement).all()
     return {row.key: [int(stamp) for stamp in row.stamps.split()] for row in rows}
 
 
-async def _store(conn: AsyncConnection, changes: list[tuple[str, list[int], float | None]]) -> None:
+def _store(conn: sa.Connection, changes: list[tuple[str, list[int], float | None]]) -> None:
     """Write each key's stamps; its row expires a window after its last stamp (if given)."""
     for key, stamps, window_seconds in changes:
         values: dict[str, object] = {"stamps": " ".join(map(str, stamps))}
         if window_seconds is not None:
             values["expires_at"] = max(stamps, default=0) / 1000 + window_seconds
-        await conn.execute(
+        conn.execute(
             sa.update(throttle_attempts).where(throttle_attempts.c.key == key).values(**values)
         )
 

@@ -3,11 +3,11 @@
 import functools
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from titanium.db.engine import Database
 from titanium.db.seed import SEED_CATEGORIES
@@ -159,25 +159,23 @@ KEPT_SLUGS = (*(row["slug"] for row in SEED_CATEGORIES), slugify(DEFAULT_CATEGOR
 CATEGORY_ATTEMPTS = 3
 
 
-async def _resolve(conn: AsyncConnection, choice: CategoryChoice) -> Any:
+def _resolve(conn: sa.Connection, choice: CategoryChoice) -> Any:
     """The chosen category's row, held for this transaction; None when none was chosen."""
     if choice.category_id is not None:
-        found = (
-            await conn.execute(
-                sa.select(*categories.c)
-                .where(categories.c.id == choice.category_id)
-                .with_for_update(read=True, key_share=True)
-            )
+        found = conn.execute(
+            sa.select(*categories.c)
+            .where(categories.c.id == choice.category_id)
+            .with_for_update(read=True, key_share=True)
         ).one_or_none()
         if found is None:
             raise InvalidInput("unknown category", field="category_id")
         return found
     if choice.name is not None:
-        return await _category_named(conn, choice.name)
+        return _category_named(conn, choice.name)
     return None
 
 
-async def _category_named(conn: AsyncConnection, name: str) -> Any:
+def _category_named(conn: sa.Connection, name: str) -> Any:
     """The row of the category with this name (or its slug), created when new.
 
     The row is locked FOR KEY SHARE until the transaction ends, so a concurrent
@@ -193,12 +191,12 @@ async def _category_named(conn: AsyncConnection, name: str) -> Any:
         .with_for_update(read=True, key_share=True)
     )
     for _attempt in range(CATEGORY_ATTEMPTS):
-        found = (await conn.execute(lookup)).first()
+        found = conn.execute(lookup).first()
         if found is not None:
             return found
         try:
-            async with conn.begin_nested():
-                created = await conn.execute(
+            with conn.begin_nested():
+                created = conn.execute(
                     sa.insert(categories).values(name=name, slug=slug).returning(*categories.c)
                 )
                 return created.one()
@@ -208,14 +206,12 @@ async def _category_named(conn: AsyncConnection, name: str) -> Any:
     raise Conflict("the category changed concurrently, retry")
 
 
-async def _owned(conn: AsyncConnection, post_id: int, author_id: int) -> Any:
+def _owned(conn: sa.Connection, post_id: int, author_id: int) -> Any:
     """The post's row (locked for this transaction) when `author_id` wrote it."""
-    row = (
-        await conn.execute(
-            sa.select(posts.c.author_id, posts.c.category_id)
-            .where(posts.c.id == post_id)
-            .with_for_update()
-        )
+    row = conn.execute(
+        sa.select(posts.c.author_id, posts.c.category_id)
+        .where(posts.c.id == post_id)
+        .with_for_update()
     ).one_or_none()
     if row is None:
         raise NotFound("no such post")
@@ -225,7 +221,7 @@ async def _owned(conn: AsyncConnection, post_id: int, author_id: int) -> Any:
     return row
 
 
-async def _remove_if_empty(conn: AsyncConnection, category_id: int | None) -> None:
+def _remove_if_empty(conn: sa.Connection, category_id: int | None) -> None:
     """Delete a category no post uses any more, unless it is one that is always kept.
 
     A transaction attaching a post to it holds a KEY SHARE lock on its row (from
@@ -237,21 +233,23 @@ async def _remove_if_empty(conn: AsyncConnection, category_id: int | None) -> No
     """
     if category_id is None:
         return
-    locked = (
-        await conn.execute(
-            sa.select(categories.c.id)
-            .where(categories.c.id == category_id, categories.c.slug.not_in(KEPT_SLUGS))
-            .with_for_update(skip_locked=True)
-        )
+    locked = conn.execute(
+        sa.select(categories.c.id)
+        .where(categories.c.id == category_id, categories.c.slug.not_in(KEPT_SLUGS))
+        .with_for_update(skip_locked=True)
     ).scalar_one_or_none()
     if locked is None:
         return
     in_use = sa.exists().where(posts.c.category_id == category_id)
-    await conn.execute(sa.delete(categories).where(categories.c.id == category_id, ~in_use))
+    conn.execute(sa.delete(categories).where(categories.c.id == category_id, ~in_use))
 
 
 class BlogRepository:
-    """Reads and writes posts and categories."""
+    """Reads and writes posts and categories.
+
+    Each method runs one plain function of a connection through the Database
+    (run_read/run_write): on SQLite a single hop to a worker thread.
+    """
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -260,66 +258,20 @@ class BlogRepository:
         self, where: PostFilter, offset: int, limit: int
     ) -> tuple[list[dict[str, Any]], int]:
         """A page of posts, newest first, and the total number matching the filter."""
-        page, total = _list_statements(where.category_slug is not None, where.author is not None)
-        params = where.params
-        async with self.db.read() as conn:
-            rows = (await conn.execute(page, {**params, "offset": offset, "limit": limit})).all()
-            count = int(rows[0].total if rows else (await conn.execute(total, params)).scalar_one())
-        # Unpacked by position: a Row's attribute lookups were a fifth of the CPU of
-        # an uncached page. The order is _post_columns', then head and total.
-        items = []
-        for (
-            post_id, title, author, author_id, created_at, updated_at,
-            category_id, category_name, category_slug, category_color, head, _total,
-        ) in rows:  # fmt: skip
-            category = _category_ref(category_id, category_name, category_slug, category_color)
-            items.append(
-                {
-                    "id": post_id,
-                    "title": title,
-                    "author": author,
-                    "author_id": author_id,
-                    "created_at": stored_utc(created_at),
-                    "updated_at": stored_utc(updated_at),
-                    "excerpt": excerpt(head),
-                    "category": category,
-                }
-            )
-        return items, count
+        return await self.db.run_read(_list_posts, where, offset, limit)
 
     async def get_post(self, post_id: int) -> dict[str, Any]:
         """A whole post; NotFound when there is none with this id."""
-        async with self.db.read() as conn:
-            return await self._get(conn, post_id)
+        return await self.db.run_read(_get_post, post_id)
 
     async def create_post(
         self, author: str, author_id: int, title: str, content: str, category: CategoryChoice
     ) -> dict[str, Any]:
         """Insert a post (in the default category when none is chosen) and return it as stored."""
         category.check()
-        now = utc_now()
-        async with self.db.write() as conn:
-            chosen = await _resolve(conn, category)
-            if chosen is None:
-                chosen = await _category_named(conn, DEFAULT_CATEGORY)
-            # RETURNING the whole row, and the category as resolved: no read-back.
-            row = (
-                await conn.execute(
-                    sa.insert(posts)
-                    .values(
-                        title=title,
-                        content=content,
-                        author=author,
-                        author_id=author_id,
-                        category_id=chosen.id,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                    .returning(*posts.c)
-                )
-            ).one()
-        ref = _category_ref(chosen.id, chosen.name, chosen.slug, chosen.color)
-        return {**_post_fields(row), "category": ref}
+        return await self.db.run_write(
+            _create_post, author, author_id, title, content, category, utc_now()
+        )
 
     async def update_post(
         self, post_id: int, author_id: int, changes: dict[str, Any], category: CategoryChoice
@@ -329,58 +281,131 @@ class BlogRepository:
         NotFound without the post, Forbidden when `author_id` did not write it. A
         category the post leaves is removed in the same transaction when it is empty.
         """
-        async with self.db.write() as conn:
-            before = await _owned(conn, post_id, author_id)
-            category.check()
-            values = dict(changes)
-            chosen = await _resolve(conn, category)
-            category_id = None if chosen is None else chosen.id
-            if category_id is not None:
-                values["category_id"] = category_id
-            if values:
-                await conn.execute(
-                    sa.update(posts)
-                    .where(posts.c.id == post_id)
-                    .values(**values, updated_at=utc_now())
-                )
-            if category_id is not None and category_id != before.category_id:
-                await _remove_if_empty(conn, before.category_id)
-            return await self._get(conn, post_id)
+        return await self.db.run_write(_update_post, post_id, author_id, changes, category)
 
     async def delete_post(self, post_id: int, author_id: int) -> None:
         """Delete the caller's post, and its category when that is left empty.
 
         NotFound without the post, Forbidden when `author_id` did not write it.
         """
-        async with self.db.write() as conn:
-            before = await _owned(conn, post_id, author_id)
-            await conn.execute(sa.delete(posts).where(posts.c.id == post_id))
-            await _remove_if_empty(conn, before.category_id)
+        await self.db.run_write(_delete_post, post_id, author_id)
 
     async def list_categories(self) -> list[dict[str, Any]]:
         """Every category with its number of posts."""
-        query = (
-            sa.select(*categories.c, sa.func.count(posts.c.id).label("post_count"))
-            .select_from(categories.outerjoin(posts, posts.c.category_id == categories.c.id))
-            .group_by(*categories.c)
-            .order_by(categories.c.id)
-        )
-        async with self.db.read() as conn:
-            return [dict(row._mapping) for row in (await conn.execute(query)).all()]
+        return await self.db.run_read(_list_categories)
 
     async def count(self) -> dict[str, int]:
         """Numbers of posts and categories."""
-        async with self.db.read() as conn:
-            post_count = (
-                await conn.execute(sa.select(sa.func.count()).select_from(posts))
-            ).scalar_one()
-            category_count = (
-                await conn.execute(sa.select(sa.func.count()).select_from(categories))
-            ).scalar_one()
-        return {"posts": int(post_count), "categories": int(category_count)}
+        return await self.db.run_read(_count)
 
-    async def _get(self, conn: AsyncConnection, post_id: int) -> dict[str, Any]:
-        row = (await conn.execute(_ONE_POST, {"post_id": post_id})).one_or_none()
-        if row is None:
-            raise NotFound("no such post")
-        return _post(row)
+
+def _list_posts(
+    conn: sa.Connection, where: PostFilter, offset: int, limit: int
+) -> tuple[list[dict[str, Any]], int]:
+    page, total = _list_statements(where.category_slug is not None, where.author is not None)
+    params = where.params
+    rows = conn.execute(page, {**params, "offset": offset, "limit": limit}).all()
+    count = int(rows[0].total if rows else conn.execute(total, params).scalar_one())
+    # Unpacked by position: a Row's attribute lookups were a fifth of the CPU of
+    # an uncached page. The order is _post_columns', then head and total.
+    items = []
+    for (
+        post_id, title, author, author_id, created_at, updated_at,
+        category_id, category_name, category_slug, category_color, head, _total,
+    ) in rows:  # fmt: skip
+        category = _category_ref(category_id, category_name, category_slug, category_color)
+        items.append(
+            {
+                "id": post_id,
+                "title": title,
+                "author": author,
+                "author_id": author_id,
+                "created_at": stored_utc(created_at),
+                "updated_at": stored_utc(updated_at),
+                "excerpt": excerpt(head),
+                "category": category,
+            }
+        )
+    return items, count
+
+
+def _get_post(conn: sa.Connection, post_id: int) -> dict[str, Any]:
+    row = conn.execute(_ONE_POST, {"post_id": post_id}).one_or_none()
+    if row is None:
+        raise NotFound("no such post")
+    return _post(row)
+
+
+def _create_post(
+    conn: sa.Connection,
+    author: str,
+    author_id: int,
+    title: str,
+    content: str,
+    category: CategoryChoice,
+    now: datetime,
+) -> dict[str, Any]:
+    chosen = _resolve(conn, category)
+    if chosen is None:
+        chosen = _category_named(conn, DEFAULT_CATEGORY)
+    # RETURNING the whole row, and the category as resolved: no read-back.
+    row = conn.execute(
+        sa.insert(posts)
+        .values(
+            title=title,
+            content=content,
+            author=author,
+            author_id=author_id,
+            category_id=chosen.id,
+            created_at=now,
+            updated_at=now,
+        )
+        .returning(*posts.c)
+    ).one()
+    ref = _category_ref(chosen.id, chosen.name, chosen.slug, chosen.color)
+    return {**_post_fields(row), "category": ref}
+
+
+def _update_post(
+    conn: sa.Connection,
+    post_id: int,
+    author_id: int,
+    changes: dict[str, Any],
+    category: CategoryChoice,
+) -> dict[str, Any]:
+    before = _owned(conn, post_id, author_id)
+    category.check()
+    values = dict(changes)
+    chosen = _resolve(conn, category)
+    category_id = None if chosen is None else chosen.id
+    if category_id is not None:
+        values["category_id"] = category_id
+    if values:
+        conn.execute(
+            sa.update(posts).where(posts.c.id == post_id).values(**values, updated_at=utc_now())
+        )
+    if category_id is not None and category_id != before.category_id:
+        _remove_if_empty(conn, before.category_id)
+    return _get_post(conn, post_id)
+
+
+def _delete_post(conn: sa.Connection, post_id: int, author_id: int) -> None:
+    before = _owned(conn, post_id, author_id)
+    conn.execute(sa.delete(posts).where(posts.c.id == post_id))
+    _remove_if_empty(conn, before.category_id)
+
+
+def _list_categories(conn: sa.Connection) -> list[dict[str, Any]]:
+    query = (
+        sa.select(*categories.c, sa.func.count(posts.c.id).label("post_count"))
+        .select_from(categories.outerjoin(posts, posts.c.category_id == categories.c.id))
+        .group_by(*categories.c)
+        .order_by(categories.c.id)
+    )
+    return [dict(row._mapping) for row in conn.execute(query).all()]
+
+
+def _count(conn: sa.Connection) -> dict[str, int]:
+    post_count = conn.execute(sa.select(sa.func.count()).select_from(posts)).scalar_one()
+    category_count = conn.execute(sa.select(sa.func.count()).select_from(categories)).scalar_one()
+    return {"posts": int(post_count), "categories": int(category_count)}
