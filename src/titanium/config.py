@@ -194,7 +194,10 @@ class Settings(BaseSettings):
     db_connect_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 3.0
     sqlite_busy_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
 
-    blog_cache_entries: Annotated[int, Field(ge=0, le=100_000)] = 1024
+    # As many as the byte bound admits (each entry counts 512 bytes besides its
+    # body): the bytes are the budget, and 1,024 entries held a tenth of a
+    # 10,000-post blog's posts where 8 MiB holds a third (docs/benchmarks.md).
+    blog_cache_entries: Annotated[int, Field(ge=0, le=100_000)] = 16_384
     # blog-service peaked at 107-111 MB RSS in the benchmark (docs/benchmarks.md),
     # against a 120 MB budget: 8 MiB of cached bodies on top still fits, 16 would not.
     # The 384 Mi pod limit is the fuse, not the budget.

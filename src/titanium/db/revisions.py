@@ -44,8 +44,7 @@ def read_revision(connection: Connection, service: DataService) -> str | None:
 async def check_schema(db: Database) -> dict[str, str]:
     """Readiness: the database answers and the schema is at the code's head revision."""
     service: DataService = db.service
-    async with db.read() as conn:
-        current = await conn.run_sync(read_revision, service)
+    current = await db.run_read(read_revision, service)
     expected = head_revision(service)
     if current is not None and current not in REVISIONS[service]:
         # A revision this code has never heard of is a newer one: during a rollout

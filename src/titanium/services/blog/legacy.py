@@ -20,6 +20,7 @@ legacy rows appeared (posts written by old pods during a rollout).
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -59,52 +60,50 @@ async def link_legacy_posts(settings: Settings) -> LinkReport | None:
     blog = Database(settings, "blog")
     accounts = Database(settings, "users")
     try:
-        async with blog.read() as conn:
-            blog_revision = await conn.run_sync(read_revision, "blog")
+        blog_revision = await blog.run_read(read_revision, "blog")
         known = REVISIONS["blog"]
         if blog_revision not in known or known.index(blog_revision) < known.index(
             AUTHOR_ID_REVISION
         ):
             return None
-        async with accounts.read() as conn:
-            if await conn.run_sync(read_revision, "users") is None:
-                return None
-        unlinked = posts.c.author_id.is_(None)
-        async with blog.read() as conn:
-            names = (
-                (await conn.execute(sa.select(posts.c.author).where(unlinked).distinct()))
-                .scalars()
-                .all()
-            )
+        if await accounts.run_read(read_revision, "users") is None:
+            return None
+        names = await blog.run_read(_unlinked_names)
         linked = 0
         for start in range(0, len(names), NAMES_PER_BATCH):
-            chunk = names[start : start + NAMES_PER_BATCH]
-            async with accounts.read() as conn:
-                found = (
-                    await conn.execute(
-                        sa.select(users.c.id, users.c.username, users.c.created_at).where(
-                            users.c.username.in_(chunk)
-                        )
-                    )
-                ).all()
-            if not found:
-                continue
-            async with blog.write() as conn:
-                for account in found:
-                    linking = sa.update(posts).where(unlinked, posts.c.author == account.username)
-                    if account.created_at is not None:
-                        linking = linking.where(posts.c.created_at >= account.created_at)
-                    result = await conn.execute(linking.values(author_id=account.id))
-                    linked += result.rowcount
-        async with blog.read() as conn:
-            unowned = int(
-                (
-                    await conn.execute(
-                        sa.select(sa.func.count()).select_from(posts).where(unlinked)
-                    )
-                ).scalar_one()
-            )
-        return LinkReport(linked, unowned)
+            found = await accounts.run_read(_accounts_named, names[start : start + NAMES_PER_BATCH])
+            if found:
+                linked += await blog.run_write(_link, found)
+        return LinkReport(linked, await blog.run_read(_unowned))
     finally:
         await blog.dispose()
         await accounts.dispose()
+
+
+_UNLINKED = posts.c.author_id.is_(None)
+
+
+def _unlinked_names(conn: sa.Connection) -> list[str]:
+    return list(conn.execute(sa.select(posts.c.author).where(_UNLINKED).distinct()).scalars())
+
+
+def _accounts_named(conn: sa.Connection, names: list[str]) -> list[Any]:
+    query = sa.select(users.c.id, users.c.username, users.c.created_at)
+    return list(conn.execute(query.where(users.c.username.in_(names))).all())
+
+
+def _link(conn: sa.Connection, accounts: list[Any]) -> int:
+    """Link each account's unlinked posts not older than the account; how many were linked."""
+    linked = 0
+    for account in accounts:
+        linking = sa.update(posts).where(_UNLINKED, posts.c.author == account.username)
+        if account.created_at is not None:
+            linking = linking.where(posts.c.created_at >= account.created_at)
+        linked += conn.execute(linking.values(author_id=account.id)).rowcount
+    return linked
+
+
+def _unowned(conn: sa.Connection) -> int:
+    return int(
+        conn.execute(sa.select(sa.func.count()).select_from(posts).where(_UNLINKED)).scalar_one()
+    )
