@@ -7,6 +7,7 @@ from typing import Any
 
 from support.database import run_sql
 from support.inprocess import running, sqlite_settings
+from titanium.config import Settings
 from titanium.db.tables import posts
 from titanium.services.blog.app import create_app as create_blog
 from titanium.services.blog.cache import ENTRY_OVERHEAD_BYTES, Cached, ResponseCache
@@ -55,6 +56,18 @@ def test_the_entry_cap_still_holds_when_bodies_are_tiny() -> None:
     for key in "abcd":
         cache.put(key, cache.generation, body(ENTRY_OVERHEAD_BYTES + 2))
     assert (len(cache), cache.get("a")) == (3, None)
+
+
+def test_by_default_the_byte_budget_alone_bounds_the_cache() -> None:
+    """The default entry cap admits as many posts as the bytes hold, down to empty bodies."""
+    defaults = Settings.model_fields
+    entries = defaults["blog_cache_entries"].default
+    max_bytes = defaults["blog_cache_bytes"].default
+    cache = live_cache(entries, max_bytes)
+    for post_id in range(max_bytes // ENTRY_OVERHEAD_BYTES):
+        cache.put(("post", post_id), cache.generation, body(ENTRY_OVERHEAD_BYTES))
+    assert cache.evictions == 0
+    assert cache.size_bytes == max_bytes
 
 
 def test_reading_many_large_posts_keeps_blog_cache_within_its_bytes(
