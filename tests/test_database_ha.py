@@ -37,7 +37,6 @@ from test_k8s import (
     SERVICES,
     Client,
     Overlay,
-    admitted,
     autoscalers,
     container_env,
     containers,
@@ -52,6 +51,7 @@ from test_k8s import (
     surge,
     terraform_default,
 )
+from test_k8s import reachable as k8s_reachable
 from test_terraform import (
     ENVIRONMENT,
     MODULES,
@@ -374,15 +374,7 @@ def reachable(overlay: Overlay, sources: dict[str, Client]) -> set[tuple[str, st
         cluster_pod(cluster, "primary"),
         cluster_pod(cluster, "replica"),
     ]
-    paths = set()
-    for target in targets:
-        for container in target["spec"]["template"]["spec"]["containers"]:
-            for declared in container.get("ports", []):
-                port = declared["containerPort"]
-                for source, client in sources.items():
-                    if admitted(overlay, client, target, port):
-                        paths.add((source, name_of(target), port))
-    return paths
+    return k8s_reachable(overlay, sources, targets)
 
 
 def intended(cluster: str) -> set[tuple[str, str, int]]:

@@ -743,10 +743,15 @@ def admitted(overlay: Overlay, client: Client, target: dict[str, Any], port: int
     return False
 
 
-def reachable(overlay: Overlay, sources: dict[str, Client]) -> set[Any]:
-    """Every (source, Deployment, container port) connection the policies allow."""
+def reachable(
+    overlay: Overlay, sources: dict[str, Client], targets: list[dict[str, Any]] | None = None
+) -> set[Any]:
+    """Every (source, target, container port) connection the policies allow.
+
+    The targets are the overlay's Deployments unless given (pod templates with ports).
+    """
     paths = set()
-    for target in overlay.of_kind("Deployment"):
+    for target in overlay.of_kind("Deployment") if targets is None else targets:
         for container in pod_spec(target)["containers"]:
             for declared in container.get("ports", []):
                 port = declared["containerPort"]
