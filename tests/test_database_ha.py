@@ -169,7 +169,8 @@ def cluster_pod(cluster: dict[str, Any], role: str) -> dict[str, Any]:
     ]
     return {
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": cluster["metadata"]["namespace"]},
+        # Named by role, so that a path to one role only is told from a path to both.
+        "metadata": {"name": f"{name}-{role}", "namespace": cluster["metadata"]["namespace"]},
         "spec": {
             "template": {
                 "metadata": {"labels": labels},
@@ -378,13 +379,18 @@ def reachable(overlay: Overlay, sources: dict[str, Client]) -> set[tuple[str, st
 
 
 def intended(cluster: str) -> set[tuple[str, str, int]]:
+    # The same to the primary and to a standby: either may be primary after a failover.
     to_database = {
-        *((client, cluster, 5432) for client in [*TABLE_OWNERS, MIGRATION_JOB, EXPORTER]),
-        (OPERATOR, cluster, 8000),
-        (OPERATOR, cluster, 5432),
-        (INSTANCE, cluster, 5432),
-        (INSTANCE, cluster, 8000),
-        (PROMETHEUS, cluster, 9187),
+        path
+        for pod in (f"{cluster}-primary", f"{cluster}-replica")
+        for path in [
+            *((client, pod, 5432) for client in [*TABLE_OWNERS, MIGRATION_JOB, EXPORTER]),
+            (OPERATOR, pod, 8000),
+            (OPERATOR, pod, 5432),
+            (INSTANCE, pod, 5432),
+            (INSTANCE, pod, 8000),
+            (PROMETHEUS, pod, 9187),
+        ]
     }
     # The operator and the instances reach the gateway as any pod may.
     return INTENDED_PATHS | to_database | {(s, "api-gateway", 8000) for s in (OPERATOR, INSTANCE)}
@@ -422,13 +428,14 @@ def test_the_graph_sees_a_policy_removed(ha: Overlay) -> None:
     sources = ha_sources(ha, cluster)
     without = Overlay(ha.name, [o for o in ha.objects if name_of(o) != "titanium-db-cluster"])
     lost = intended(name_of(cluster)) - reachable(without, sources)
-    assert (OPERATOR, name_of(cluster), 8000) in lost and (INSTANCE, name_of(cluster), 5432) in lost
+    primary = f"{name_of(cluster)}-primary"
+    assert (OPERATOR, primary, 8000) in lost and (INSTANCE, primary, 5432) in lost
     objects = copy.deepcopy(ha.objects)
     for policy in objects:
         if policy["kind"] == "NetworkPolicy" and name_of(policy) == "postgresql-clients":
             policy["spec"]["podSelector"] = {"matchLabels": {"app.kubernetes.io/name": "x"}}
     lost = intended(name_of(cluster)) - reachable(Overlay(ha.name, objects), sources)
-    assert ("user-service", name_of(cluster), 5432) in lost, lost
+    assert ("user-service", f"{name_of(cluster)}-primary", 5432) in lost, lost
 
 
 # --- room in the namespace ----------------------------------------------------------------
