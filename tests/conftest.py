@@ -18,16 +18,18 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
 from support.checkout import Checkout
 from support.database import BACKENDS
-from support.inprocess import Served, served, sqlite_settings
+from support.inprocess import Served, running, served, sqlite_settings
 from support.ports import free_port
 from support.postgres import PrivateServer, SharedServer
 from support.stack import RunningStack, start_stack
 from titanium.config import Settings
 from titanium.security.tokens import generate_key_pair
+from titanium.services.blog.app import create_app as create_blog
 from titanium.services.users.app import create_app as create_users
 from titanium.web.client import Downstream, open_downstream
 
@@ -123,6 +125,13 @@ async def users_pool(user_service: Served) -> AsyncIterator[Downstream]:
     pool = open_downstream("user-service", user_service.url, timeout_seconds=5)
     yield pool
     await pool.close()
+
+
+@pytest.fixture
+async def blog(installation: Settings, users_pool: Downstream) -> AsyncIterator[httpx.AsyncClient]:
+    """blog-service in-process on the module's installation, calling the served user-service."""
+    async with running(create_blog(installation, downstreams={"users": users_pool})) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

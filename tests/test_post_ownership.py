@@ -5,10 +5,9 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -17,44 +16,19 @@ import sqlalchemy as sa
 from fixtures.migrate.builders import SEED_POSTS_DDL, SEED_USERS_DDL, create, insert, query
 from support.database import BACKENDS, run_sql
 from support.env import settings_for
-from support.inprocess import Served, running, served, sqlite_settings
+from support.inprocess import Served, bearer, register, running, served, sqlite_settings
 from titanium.config import Settings
 from titanium.db.migrations import upgrade_schema
 from titanium.db.tables import posts, users
 from titanium.migrate.report import Status
 from titanium.migrate.run import MigrationOptions, migrate_sqlite_to_postgres, verify
 from titanium.migrate.target import target_from_settings
-from titanium.security.tokens import TokenIssuer
 from titanium.services.blog.app import create_app as create_blog
 from titanium.services.blog.legacy import link_legacy_posts
 from titanium.services.users.app import create_app as create_users
-from titanium.web.client import Downstream, open_downstream
+from titanium.web.client import open_downstream
 
 DatabaseEnv = Callable[[str], dict[str, str]]
-PASSWORD = "correct horse"
-
-
-# In-process services on SQLite (the blog's cache on, as in production)
-
-
-@pytest.fixture
-async def blog(installation: Settings, users_pool: Downstream) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(create_blog(installation, downstreams={"users": users_pool})) as client:
-        yield client
-
-
-async def register(url: str, username: str) -> dict[str, Any]:
-    body = {"username": username, "email": f"{username}@example.com", "password": PASSWORD}
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-        response = await client.post("/api/users", json=body)
-    assert response.status_code == 201, response.text
-    account: dict[str, Any] = response.json()
-    return account
-
-
-def bearer(settings: Settings, account: dict[str, Any]) -> dict[str, str]:
-    token = TokenIssuer(settings).issue(account["id"], account["username"])
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def delete_account(url: str, headers: dict[str, str]) -> None:
@@ -67,7 +41,7 @@ async def test_a_re_registered_name_does_not_inherit_the_posts(
     blog: httpx.AsyncClient, user_service: Served, installation: Settings
 ) -> None:
     name = f"bob_{uuid.uuid4().hex[:8]}"
-    first = await register(user_service.url, name)
+    first = await register(user_service.url, username=name)
     created = await blog.post(
         "/blog/api/posts",
         json={"title": "mine", "content": "by the first bob"},
@@ -78,7 +52,7 @@ async def test_a_re_registered_name_does_not_inherit_the_posts(
     assert (post["author"], post["author_id"]) == (name, first["id"])
     await delete_account(user_service.url, bearer(installation, first))
 
-    second = await register(user_service.url, name)
+    second = await register(user_service.url, username=name)
     assert second["id"] != first["id"]
     impostor = bearer(installation, second)
     edit = await blog.patch(f"/blog/api/posts/{post['id']}", json={"title": "x"}, headers=impostor)
@@ -106,7 +80,7 @@ async def categories(blog: httpx.AsyncClient) -> dict[str, int]:
 async def test_a_category_goes_with_its_last_post(
     blog: httpx.AsyncClient, user_service: Served, installation: Settings
 ) -> None:
-    headers = bearer(installation, await register(user_service.url, f"cat_{uuid.uuid4().hex[:8]}"))
+    headers = bearer(installation, await register(user_service.url, "cat"))
     x, y = f"X {uuid.uuid4().hex[:6]}", f"Y {uuid.uuid4().hex[:6]}"
     first = (
         await blog.post(
@@ -172,7 +146,7 @@ def test_concurrent_posts_into_a_category_being_emptied_never_fail(
         pool = open_downstream("user-service", users_url, timeout_seconds=10)
         try:
             async with running(create_blog(settings, downstreams={"users": pool})) as client:
-                headers = bearer(settings, await register(users_url, "racer"))
+                headers = bearer(settings, await register(users_url, username="racer"))
                 for round_ in range(15):
                     name = f"Race {round_}"
 

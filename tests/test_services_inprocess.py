@@ -7,7 +7,6 @@ served by uvicorn on 127.0.0.1 in a background thread. Nothing is mocked.
 
 import logging
 import re
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,9 +15,18 @@ from typing import Any
 import httpx
 import pytest
 
-from support.inprocess import Served, refused_url, running, served, sqlite_settings
+from support.inprocess import (
+    PASSWORD,
+    Served,
+    bearer,
+    refused_url,
+    register,
+    running,
+    served,
+    sqlite_settings,
+)
 from titanium.config import Settings
-from titanium.security.tokens import TokenIssuer, TokenVerifier
+from titanium.security.tokens import TokenVerifier
 from titanium.services.auth.app import create_app as create_auth
 from titanium.services.blog.app import create_app as create_blog
 from titanium.services.users.app import create_app as create_users
@@ -26,7 +34,6 @@ from titanium.web.client import Downstream, open_downstream
 
 pytestmark = pytest.mark.anyio
 
-PASSWORD = "correct horse"
 LONG_CONTENT = "word " * 40  # 200 characters: the list shows an excerpt
 
 
@@ -42,33 +49,6 @@ async def auth(installation: Settings, users_pool: Downstream) -> AsyncIterator[
     """auth-service in-process, calling the served user-service."""
     async with running(create_auth(installation, downstreams={"users": users_pool})) as client:
         yield client
-
-
-@pytest.fixture
-async def blog(installation: Settings, users_pool: Downstream) -> AsyncIterator[httpx.AsyncClient]:
-    """blog-service in-process, calling the served user-service."""
-    async with running(create_blog(installation, downstreams={"users": users_pool})) as client:
-        yield client
-
-
-async def register(users: httpx.AsyncClient | str, prefix: str = "user") -> dict[str, Any]:
-    """A new account (through `users`, a client or the served URL): id, username, email."""
-    username = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    body = {"username": username, "email": f"{username}@example.com", "password": PASSWORD}
-    if isinstance(users, str):
-        async with httpx.AsyncClient(base_url=users, timeout=10) as client:
-            response = await client.post("/api/users", json=body)
-    else:
-        response = await users.post("/api/users", json=body)
-    assert response.status_code == 201, response.text
-    account: dict[str, Any] = response.json()
-    return account
-
-
-def bearer(settings: Settings, account: dict[str, Any]) -> dict[str, str]:
-    """Authorization header with a token auth-service would issue for `account`."""
-    token = TokenIssuer(settings).issue(account["id"], account["username"])
-    return {"Authorization": f"Bearer {token}"}
 
 
 def failed(response: httpx.Response, status: int) -> str:

@@ -10,6 +10,7 @@ import asyncio
 import socket
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -22,11 +23,14 @@ from starlette.types import ASGIApp
 
 from titanium.config import ServiceName, Settings
 from titanium.db.migrations import upgrade_schema
+from titanium.security.tokens import TokenIssuer
 from titanium.services.gateway.app import create_app as create_gateway
 from titanium.services.registry import DATA_SERVICES, service_name
 from titanium.web.client import open_downstream
 
 START_SECONDS = 10.0
+# The password of every account `register` makes.
+PASSWORD = "correct horse"
 STOP_SECONDS = 10.0
 # What ASGITransport reports as the caller; an address no test machine has, so a
 # test can tell it from 127.0.0.1 (the address of every served service).
@@ -141,3 +145,28 @@ async def gateway_over(
     finally:
         for downstream in downstreams.values():
             await downstream.close()
+
+
+async def register(
+    users: httpx.AsyncClient | str, prefix: str = "user", *, username: str | None = None
+) -> dict[str, Any]:
+    """A new account on user-service (a client, or its served URL): id, username, email.
+
+    Named `username` when given, else `prefix` and a random suffix.
+    """
+    username = username or f"{prefix}_{uuid.uuid4().hex[:10]}"
+    body = {"username": username, "email": f"{username}@example.com", "password": PASSWORD}
+    if isinstance(users, str):
+        async with httpx.AsyncClient(base_url=users, timeout=10) as client:
+            response = await client.post("/api/users", json=body)
+    else:
+        response = await users.post("/api/users", json=body)
+    assert response.status_code == 201, response.text
+    account: dict[str, Any] = response.json()
+    return account
+
+
+def bearer(settings: Settings, account: dict[str, Any]) -> dict[str, str]:
+    """Authorization header with a token auth-service would issue for `account`."""
+    token = TokenIssuer(settings).issue(account["id"], account["username"])
+    return {"Authorization": f"Bearer {token}"}
