@@ -404,9 +404,16 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A connection in a write transaction, committed when the block exits cleanly."""
+        async with self._writing(), self._writer.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[None]:
+        # Every write, in either form: admitted by the write gate, its errors
+        # translated, and the after-write callbacks told however it ended.
         try:
-            async with self._write_gate.enter(), translate_errors(), self._writer.begin() as conn:
-                yield conn
+            async with self._write_gate.enter(), translate_errors():
+                yield
         finally:
             for callback in self._after_write:
                 callback()
@@ -424,12 +431,8 @@ class Database:
         if self.backend != "sqlite":
             async with self.write() as conn:
                 return await conn.run_sync(work, *args, **kwargs)
-        try:
-            async with self._write_gate.enter(), translate_errors():
-                return await self._on_thread("write", work, *args, **kwargs)
-        finally:
-            for callback in self._after_write:
-                callback()
+        async with self._writing():
+            return await self._on_thread("write", work, *args, **kwargs)
 
     async def _on_thread(self, role: str, work: Work[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         # The gate in front admits no more callers than the role has threads and
